@@ -1,0 +1,109 @@
+"""Real in-process targets for the orchestrator core: a linear F (where the sum code is exact) and the sum code.
+
+They are the core's real collaborators in miniature, not mocks: F computes, the encoder sums, the decoder subtracts.
+A ``Gate`` holds an F call the way a SIGSTOPped instance would, until the test opens it (or forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from parm.backend.orchestrator import OrchestratorConfig, TargetError, TensorSpec
+from parm.backend.orchestrator.contract import (
+    DECODER_AVAILABLE_INPUT,
+    DECODER_OUTPUT,
+    DECODER_OUTPUTS_INPUT,
+    DECODER_PARITY_INPUT,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+)
+
+IN_SHAPE = (3, 2)
+OUT_DIM = 4
+WEIGHTS = np.random.default_rng(7).normal(size=(int(np.prod(IN_SHAPE)), OUT_DIM)).astype(np.float32)
+
+
+def linear_f(x: np.ndarray) -> np.ndarray:
+    return (x.reshape(x.shape[0], -1).astype(np.float64) @ WEIGHTS).astype(np.float32)
+
+
+def make_config(**overrides) -> OrchestratorConfig:
+    values = dict(
+        inputs=(TensorSpec("x", np.dtype(np.float32), IN_SHAPE),),
+        outputs=(TensorSpec("y", np.dtype(np.float32), (OUT_DIM,)),),
+        max_batch_size=8,
+        f_models=("f",),
+        parity_models=("f_parity",),
+        encoder_model="f_encoder",
+        decoder_model="f_decoder",
+        k=2,
+        decode_after_ms=0.0,
+        request_timeout_ms=400.0,
+        fill_timeout_ms=5.0,
+    )
+    values.update(overrides)
+    return OrchestratorConfig(**values)
+
+
+class LinearF:
+    """F(x) = flatten(x) @ W. Calls whose first row's first value is in ``hold`` wait on that gate (a paused
+    instance); values in ``fail`` raise TargetError (a failed instance)."""
+
+    def __init__(self, name: str = "f", delay: float = 0.0) -> None:
+        self.name = name
+        self.delay = delay
+        self.hold: dict[float, asyncio.Event] = {}
+        self.fail: set[float] = set()
+        self.calls = 0
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        x = inputs["x"]
+        marker = round(float(x.reshape(-1)[0]), 6)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if marker in self.hold:
+            await self.hold[marker].wait()
+        if marker in self.fail:
+            raise TargetError(self.name, f"instance failed on query {marker}")
+        return {"y": linear_f(x)}
+
+
+class SumEncoder:
+    name = "f_encoder"
+
+    async def infer(self, inputs, output_names):
+        return {ENCODER_OUTPUT: inputs[ENCODER_INPUT].sum(axis=0, keepdims=True)}
+
+
+class SubtractionDecoder:
+    name = "f_decoder"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def infer(self, inputs, output_names):
+        self.calls += 1
+        outputs = inputs[DECODER_OUTPUTS_INPUT]
+        available = inputs[DECODER_AVAILABLE_INPUT].reshape(-1, *([1] * (outputs.ndim - 1)))
+        rebuilt = inputs[DECODER_PARITY_INPUT][0] - (available * outputs).sum(axis=0)
+        return {DECODER_OUTPUT: available * outputs + (1 - available) * rebuilt}
+
+
+class FailingTarget:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def infer(self, inputs, output_names):
+        raise TargetError(self.name, "unavailable")
+
+
+def query(marker: float, batch: int = 1, seed: int | None = None) -> dict[str, np.ndarray]:
+    """A query whose first value is ``marker`` (so targets can recognise it) and the rest random."""
+    rng = np.random.default_rng(int(marker * 1000) if seed is None else seed)
+    x = rng.normal(size=(batch, *IN_SHAPE)).astype(np.float32)
+    x.reshape(-1)[0] = marker
+    return {"x": x}

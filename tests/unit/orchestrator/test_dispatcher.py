@@ -1,0 +1,304 @@
+"""The orchestrator core against real in-process targets: answers, rebuilds, deadlines, fillers, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from parm.backend.orchestrator import AnswerSource, CodedDispatcher
+
+from .helpers import FailingTarget, LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query
+
+
+class Harness:
+    """One dispatcher on the running loop, recording every reply per request."""
+
+    def __init__(self, f=None, parity=None, decoder=None, **config) -> None:
+        self.f = f or LinearF()
+        self.parity = parity or LinearF("f_parity")
+        self.decoder = decoder or SubtractionDecoder()
+        self.config = make_config(**config)
+        self.dispatcher = CodedDispatcher(
+            self.config, [self.f], [self.parity], SumEncoder(), self.decoder, asyncio.get_running_loop()
+        )
+        self.replies: dict[int, list] = {}
+        self.queries: dict[int, dict] = {}
+        self.done: dict[int, asyncio.Event] = {}
+
+    def submit(self, marker: float, batch: int = 1) -> int:
+        request = len(self.queries)
+        self.queries[request] = query(marker, batch)
+        self.replies[request] = []
+        self.done[request] = asyncio.Event()
+
+        def reply(answer, request=request):
+            self.replies[request].append(answer)
+            self.done[request].set()
+
+        self.dispatcher.submit(self.queries[request], reply)
+        return request
+
+    async def answer(self, request: int, timeout: float = 2.0):
+        await asyncio.wait_for(self.done[request].wait(), timeout)
+        return self.replies[request][0]
+
+    async def settle(self, seconds: float = 0.05) -> None:
+        """Lets late work finish, so that a second (wrong) reply would show up."""
+        await asyncio.sleep(seconds)
+
+    def assert_exactly_once(self) -> None:
+        assert all(len(replies) == 1 for replies in self.replies.values()), self.replies
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_answers_are_f_own_outputs_when_nothing_is_slow():
+    async def scenario():
+        h = Harness(decode_after_ms=50.0)
+        requests = [h.submit(m) for m in (0.1, 0.2, 0.3, 0.4, 0.5)]
+        answers = [await h.answer(r) for r in requests]
+        await h.settle()
+        for request, answer in zip(requests, answers, strict=True):
+            assert answer.source is AnswerSource.ORIGINAL
+            np.testing.assert_array_equal(answer.outputs["y"], linear_f(h.queries[request]["x"]))
+        h.assert_exactly_once()
+        assert h.dispatcher.in_flight == 0
+
+    run(scenario())
+
+
+def test_paused_member_is_rebuilt_exactly_for_linear_f():
+    async def scenario():
+        h = Harness()
+        gate = h.f.hold[0.1] = asyncio.Event()
+        slow, fast = h.submit(0.1), h.submit(0.2)
+        answer = await h.answer(slow)
+        assert answer.source is AnswerSource.REBUILT
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[slow]["x"]), rtol=1e-5, atol=1e-5)
+        assert (await h.answer(fast)).source is AnswerSource.ORIGINAL
+        gate.set()
+        await h.settle()
+        h.assert_exactly_once()
+        assert h.dispatcher.stats.fidelity_samples == 1
+        assert h.dispatcher.stats.fidelity_argmax_agree == 1
+
+    run(scenario())
+
+
+def test_batched_requests_are_coded_row_by_row_across_requests():
+    async def scenario():
+        h = Harness()
+        h.f.hold[0.3] = asyncio.Event()
+        slow, fast = h.submit(0.3, batch=4), h.submit(0.4, batch=4)
+        answer = await h.answer(slow)
+        assert answer.source is AnswerSource.REBUILT
+        assert answer.outputs["y"].shape == (4, 4)
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[slow]["x"]), rtol=1e-5, atol=1e-5)
+        assert (await h.answer(fast)).source is AnswerSource.ORIGINAL
+
+    run(scenario())
+
+
+def test_requests_of_different_batch_sizes_never_share_a_group():
+    async def scenario():
+        h = Harness(fill_timeout_ms=1000.0)
+        h.f.hold[0.5] = asyncio.Event()
+        slow = h.submit(0.5, batch=2)
+        other = h.submit(0.6, batch=3)
+        assert (await h.answer(other)).source is AnswerSource.ORIGINAL
+        await h.settle()
+        assert not h.done[slow].is_set(), "a group of mismatched shapes would have decoded garbage"
+        partner = h.submit(0.7, batch=2)
+        assert (await h.answer(slow)).source is AnswerSource.REBUILT
+        assert (await h.answer(partner)).source is AnswerSource.ORIGINAL
+
+    run(scenario())
+
+
+def test_decode_after_gives_f_time_to_answer_itself():
+    async def scenario():
+        h = Harness(decode_after_ms=200.0, request_timeout_ms=1000.0)
+        gate = h.f.hold[0.1] = asyncio.Event()
+        slow, _ = h.submit(0.1), h.submit(0.2)
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert (await h.answer(slow)).source is AnswerSource.ORIGINAL
+        assert h.decoder.calls == 0
+
+    run(scenario())
+
+
+def test_decode_after_rebuilds_once_the_wait_is_over():
+    async def scenario():
+        h = Harness(decode_after_ms=30.0)
+        h.f.hold[0.1] = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        slow, _ = h.submit(0.1), h.submit(0.2)
+        answer = await h.answer(slow)
+        assert answer.source is AnswerSource.REBUILT
+        assert loop.time() - start >= 0.03
+
+    run(scenario())
+
+
+def test_unfilled_group_is_completed_with_a_known_filler():
+    async def scenario():
+        h = Harness(fill_timeout_ms=2.0)
+        warm = h.submit(0.9)
+        assert (await h.answer(warm)).source is AnswerSource.ORIGINAL
+        await asyncio.sleep(0.01)
+        h.f.hold[0.1] = asyncio.Event()
+        lonely = h.submit(0.1)
+        answer = await h.answer(lonely)
+        assert answer.source is AnswerSource.REBUILT
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[lonely]["x"]), rtol=1e-5, atol=1e-5)
+        assert h.dispatcher.stats.groups_filled == 1
+
+    run(scenario())
+
+
+def test_group_whose_members_all_answered_sends_no_parity():
+    async def scenario():
+        h = Harness(fill_timeout_ms=20.0)
+        first = h.submit(0.9)
+        await h.answer(first)
+        await asyncio.sleep(0.04)
+        assert h.parity.calls == 0
+        assert h.dispatcher.stats.groups_unneeded == 1
+
+    run(scenario())
+
+
+def test_cold_unfilled_group_without_filler_errors_at_the_deadline():
+    async def scenario():
+        h = Harness(fill_timeout_ms=2.0, request_timeout_ms=80.0)
+        h.f.hold[0.1] = asyncio.Event()
+        lonely = h.submit(0.1)
+        answer = await h.answer(lonely)
+        assert answer.source is AnswerSource.ERROR
+        assert "request_timeout_ms=80" in answer.error
+        assert "without a parity" in answer.error
+
+    run(scenario())
+
+
+def test_two_slow_members_exceed_the_code_and_both_get_errors():
+    async def scenario():
+        h = Harness(request_timeout_ms=60.0)
+        h.f.hold[0.1] = asyncio.Event()
+        h.f.hold[0.2] = asyncio.Event()
+        a, b = h.submit(0.1), h.submit(0.2)
+        for request in (a, b):
+            answer = await h.answer(request)
+            assert answer.source is AnswerSource.ERROR
+            assert "F did not answer" in answer.error
+        assert h.dispatcher.stats.deadline_misses == 2
+        h.f.hold[0.1].set()
+        h.f.hold[0.2].set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run(scenario())
+
+
+def test_failed_member_is_rebuilt_without_waiting_for_decode_after():
+    async def scenario():
+        h = Harness(decode_after_ms=300.0, request_timeout_ms=1000.0)
+        h.f.fail.add(0.1)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        failed, _ = h.submit(0.1), h.submit(0.2)
+        answer = await h.answer(failed)
+        assert answer.source is AnswerSource.REBUILT
+        assert loop.time() - start < 0.3
+
+    run(scenario())
+
+
+def test_failed_member_with_failed_parity_gets_a_clear_error_at_once():
+    async def scenario():
+        h = Harness(parity=FailingTarget("f_parity"), request_timeout_ms=5000.0)
+        h.f.fail.add(0.1)
+        failed, other = h.submit(0.1), h.submit(0.2)
+        answer = await h.answer(failed, timeout=1.0)
+        assert answer.source is AnswerSource.ERROR
+        assert "'f'" in answer.error and "'f_parity'" in answer.error
+        assert (await h.answer(other)).source is AnswerSource.ORIGINAL
+
+    run(scenario())
+
+
+def test_non_finite_query_is_answered_uncoded_and_never_poisons_a_partner():
+    async def scenario():
+        h = Harness()
+        bad = query(0.1)
+        bad["x"][0, 1, 1] = np.nan
+        h.queries[0] = bad
+        h.replies[0] = []
+        h.done[0] = asyncio.Event()
+        h.dispatcher.submit(bad, lambda a: (h.replies[0].append(a), h.done[0].set()))
+        h.f.hold[0.2] = asyncio.Event()
+        h.queries[1] = None
+        partner = h.submit(0.2)
+        partner2 = h.submit(0.3)
+        assert (await h.answer(0)).source is AnswerSource.ORIGINAL
+        answer = await h.answer(partner)
+        assert answer.source is AnswerSource.REBUILT
+        assert np.isfinite(answer.outputs["y"]).all()
+        assert (await h.answer(partner2)).source is AnswerSource.ORIGINAL
+        assert h.dispatcher.stats.uncoded_requests == 1
+
+    run(scenario())
+
+
+def test_close_answers_everything_in_flight_and_refuses_new_work():
+    async def scenario():
+        h = Harness(request_timeout_ms=5000.0)
+        h.f.hold[0.1] = asyncio.Event()
+        h.f.hold[0.2] = asyncio.Event()
+        a, b = h.submit(0.1), h.submit(0.2)
+        await asyncio.sleep(0.01)
+        await h.dispatcher.close()
+        await h.dispatcher.close()
+        late = h.submit(0.3)
+        for request in (a, b, late):
+            answer = await h.answer(request)
+            assert answer.source is AnswerSource.ERROR
+            assert "shutting down" in answer.error
+        h.assert_exactly_once()
+
+    run(scenario())
+
+
+def test_a_reply_callback_that_raises_does_not_break_the_group():
+    async def scenario():
+        h = Harness()
+        h.dispatcher.submit(query(0.1), lambda answer: 1 / 0)
+        other = h.submit(0.2)
+        assert (await h.answer(other)).source is AnswerSource.ORIGINAL
+        await h.settle()
+        assert h.dispatcher.in_flight == 0
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("targets", [1, 2, 3])
+def test_members_of_a_group_go_to_distinct_f_targets_when_there_are_enough(targets):
+    async def scenario():
+        fs = [LinearF(f"f{i}") for i in range(targets)]
+        h = Harness(f_models=tuple(f.name for f in fs))
+        h.dispatcher = CodedDispatcher(
+            h.config, fs, [h.parity], SumEncoder(), h.decoder, asyncio.get_running_loop()
+        )
+        for request in [h.submit(m) for m in (0.1, 0.2)]:
+            await h.answer(request)
+        assert sum(f.calls for f in fs) == 2
+        if targets >= 2:
+            assert fs[0].calls == 1 and fs[1].calls == 1
+
+    run(scenario())
