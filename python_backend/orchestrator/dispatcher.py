@@ -141,21 +141,23 @@ class CodedDispatcher:
         """Closes a group: completes it with fillers if it is not full, then sends its parity."""
         if group.closed:
             return
-        group.closed = True
         if self._open.get(group.key) is group:
             del self._open[group.key]
         if all(member.answered for member in group.members):
+            group.closed = True
             self.stats.groups_unneeded += 1
             return
         if not group.full:
             filler = self._fillers.take(group.slots[0].inputs)
             if filler is None:
+                group.closed = True
                 self.stats.groups_unprotected += 1
                 self._fail_unrecoverable(group)
                 return
             self.stats.groups_filled += 1
             while not group.full:
                 group.add(filler[0], None, outputs=filler[1])
+        group.closed = True
         group.parity_sent = True
         self._spawn(self._run_parity(group))
 
