@@ -1,0 +1,242 @@
+"""Real faults on real model-instance processes: pause (SIGSTOP/SIGCONT) and kill.
+
+Each Triton model instance served by the (Python-based) backends is its own stub process, a child of tritonserver,
+whose command line carries the instance name (``<model>_<group>_<index>``, e.g. ``lin_0_1``);
+``find_instance_pids`` finds them there.
+
+A fault is an object with ``apply()`` and ``undo()``; used as a context manager it is always undone on exit, and
+every fault still applied when the interpreter exits is undone then (``undo_all``), so no instance is ever left
+paused. Each apply and undo is logged with a wall-clock timestamp (also kept on the fault: ``applied_at``,
+``undone_at``) so that latency traces can be lined up with faults. New kinds (CPU hog, cgroup quota) subclass ``Fault``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from types import TracebackType
+
+import psutil
+
+from parm.errors import FaultError
+
+logger = logging.getLogger(__name__)
+
+STUB_NAME = "triton_python_backend_stub"
+
+_active: set[Fault] = set()
+_active_lock = threading.Lock()
+
+
+def _stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def find_instance_pids(
+    server_pid: int, model: str, instance_index: int | None = None, *, group_index: int | None = None
+) -> dict[str, int]:
+    """Instance name -> pid of ``model``'s stub processes under the tritonserver ``server_pid``, sorted by name.
+
+    Only direct children of ``server_pid`` are considered, and a command-line field must equal the instance name
+    exactly, so ``lin`` never matches ``lin_coded``'s instances. ``instance_index``/``group_index`` narrow it down
+    (``lin_0_1`` is group 0, index 1).
+    """
+    pattern = re.compile(rf"{re.escape(model)}_(\d+)_(\d+)")
+    try:
+        children = psutil.Process(server_pid).children()
+    except psutil.NoSuchProcess as exc:
+        raise FaultError(f"no tritonserver process with pid {server_pid}") from exc
+    found: dict[str, int] = {}
+    for child in children:
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue  # exited meanwhile, or not ours to read
+        if not cmdline or os.path.basename(cmdline[0]) != STUB_NAME:
+            continue
+        for field in cmdline[1:]:
+            match = pattern.fullmatch(field)
+            if match is None:
+                continue
+            group, index = int(match.group(1)), int(match.group(2))
+            if (instance_index is None or index == instance_index) and (group_index is None or group == group_index):
+                found[field] = child.pid
+            break
+    return dict(sorted(found.items()))
+
+
+def find_instance_pid(server_pid: int, model: str, instance_index: int = 0, *, group_index: int = 0) -> int:
+    """The pid of one instance of ``model``; ``FaultError`` if there is no such instance."""
+    pids = find_instance_pids(server_pid, model, instance_index, group_index=group_index)
+    if not pids:
+        available = find_instance_pids(server_pid, model)
+        raise FaultError(
+            f"model '{model}' has no instance {model}_{group_index}_{instance_index} under tritonserver pid "
+            f"{server_pid} (instances found: {sorted(available) or 'none'})"
+        )
+    return next(iter(pids.values()))
+
+
+class Fault:
+    """A fault on one process: ``apply()`` injects it, ``undo()`` removes it (idempotent, safe if the process is
+    gone). As a context manager it is applied on entry and always undone on exit."""
+
+    kind = "fault"
+    reversible = True  # False: nothing to undo (the fault is a one-shot event), so it is never kept as active
+
+    def __init__(self, pid: int) -> None:
+        try:
+            # psutil.Process remembers the creation time: a signal never reaches a process that reused the pid.
+            self.process = psutil.Process(pid)
+        except psutil.NoSuchProcess as exc:
+            raise FaultError(f"cannot {self.kind} pid {pid}: no such process") from exc
+        self.pid = pid
+        self.applied_at: float | None = None
+        self.undone_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Applied and not undone (a one-shot fault stays active until ``undo()``, which has nothing to do)."""
+        return self.applied_at is not None and self.undone_at is None
+
+    def apply(self) -> Fault:
+        if self.active:
+            return self
+        try:
+            self._apply()
+        except psutil.NoSuchProcess as exc:
+            raise FaultError(f"cannot {self.kind} pid {self.pid}: the process is gone") from exc
+        self.applied_at, self.undone_at = time.time(), None
+        if self.reversible:
+            with _active_lock:
+                _active.add(self)
+        logger.info("%s fault %s applied to pid %d", _stamp(self.applied_at), self.kind, self.pid)
+        return self
+
+    def undo(self) -> None:
+        if not self.active:
+            return
+        try:
+            self._undo()
+        except psutil.NoSuchProcess:
+            logger.info("pid %d is gone; nothing to undo for %s", self.pid, self.kind)
+        self.undone_at = time.time()
+        with _active_lock:
+            _active.discard(self)
+        logger.info("%s fault %s undone on pid %d", _stamp(self.undone_at), self.kind, self.pid)
+
+    def _apply(self) -> None:
+        raise NotImplementedError
+
+    def _undo(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Fault:
+        return self.apply()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.undo()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(pid={self.pid}, active={self.active})"
+
+
+def _wait_status(process: psutil.Process, stopped: bool, timeout: float = 1.0) -> None:
+    """Signals are delivered asynchronously: wait until the kernel reports the state, so callers can rely on it."""
+    deadline = time.monotonic() + timeout
+    while (process.status() == psutil.STATUS_STOPPED) != stopped and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+class Pause(Fault):
+    """SIGSTOP: the instance holds its requests without answering (a straggler); SIGCONT undoes it."""
+
+    kind = "pause"
+
+    def _apply(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+        _wait_status(self.process, stopped=True)
+
+    def _undo(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+        _wait_status(self.process, stopped=False)
+
+
+class Kill(Fault):
+    """SIGKILL: the instance is lost. A dead process cannot be brought back, so ``undo`` has nothing to do; the
+    server decides whether the instance comes back (Triton's Python backend restarts a dead stub)."""
+
+    kind = "kill"
+    reversible = False
+
+    def _apply(self) -> None:
+        resume(self.pid)  # any pause fault on it is closed, not left active
+        self.process.kill()
+        try:
+            self.process.wait(timeout=5)
+        except psutil.TimeoutExpired:
+            if self.process.status() != psutil.STATUS_ZOMBIE:  # dead, waiting for tritonserver to reap it
+                raise FaultError(f"pid {self.pid} is still alive 5 s after SIGKILL") from None
+
+    def _undo(self) -> None:
+        pass
+
+
+def pause(pid: int) -> Pause:
+    """SIGSTOPs ``pid``; returns the fault, to ``undo()`` later (``resume(pid)`` does the same)."""
+    fault = Pause(pid)
+    fault.apply()
+    return fault
+
+
+def resume(pid: int) -> None:
+    """SIGCONTs ``pid``, and marks any pause fault on it as undone; a no-op if the process is gone."""
+    with _active_lock:
+        pauses = [f for f in _active if isinstance(f, Pause) and f.pid == pid]
+    for fault in pauses:
+        fault.undo()
+    if not pauses:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            process.send_signal(signal.SIGCONT)
+            _wait_status(process, stopped=False)
+            logger.info("%s resumed pid %d", _stamp(time.time()), pid)
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[Pause]:
+    """Pauses ``pid`` for the body; resumes it on exit, even when the body raises."""
+    with Pause(pid) as fault:
+        yield fault  # type: ignore[misc]
+
+
+def kill(pid: int) -> Kill:
+    """SIGKILLs ``pid`` (after a SIGCONT) and waits for it to die."""
+    fault = Kill(pid)
+    fault.apply()
+    return fault
+
+
+def active_faults() -> list[Fault]:
+    """Faults applied and not yet undone."""
+    with _active_lock:
+        return sorted(_active, key=lambda f: f.applied_at or 0.0)
+
+
+def undo_all() -> None:
+    """Undoes every active fault (newest first); runs at interpreter exit too."""
+    for fault in reversed(active_faults()):
+        fault.undo()
+
+
+atexit.register(undo_all)
