@@ -282,10 +282,8 @@ class CodedDispatcher:
         group = self._groups_of.get(member.request_id)
         reason = group.unrecoverable_reason() if group is not None else "it was not coded"
         detail = f" and could not be rebuilt: {reason}" if reason else " and the code has not rebuilt it yet"
-        timeout = self._config.request_timeout_ms
-        member.answer(
-            Answer(AnswerSource.ERROR, error=f"no answer within request_timeout_ms={timeout:g}: F did not answer{detail}")
-        )
+        message = f"no answer within request_timeout_ms={self._config.request_timeout_ms:g}: F did not answer{detail}"
+        member.answer(Answer(AnswerSource.ERROR, error=message))
 
     def _deliver(self, request_id: int, answer: Answer, reply: Callable[[Answer], None]) -> None:
         self._pending.pop(request_id, None)
