@@ -25,6 +25,14 @@ _TRITON_TO_NUMPY = {
 }
 
 
+def triton_type(dtype: np.dtype) -> str:
+    """The ``TYPE_*`` name of a numpy dtype, as written in ``config.pbtxt``."""
+    for name, candidate in _TRITON_TO_NUMPY.items():
+        if np.dtype(candidate) == np.dtype(dtype):
+            return name
+    raise InvalidQueryError(f"datatype {dtype} has no Triton equivalent that can be coded")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output of F, without the batch dimension (-1 marks a variable dimension)."""
