@@ -46,9 +46,7 @@ class Decoder(nn.Module, abc.ABC):
         self.k, self.r = k, r
 
     @abc.abstractmethod
-    def forward(
-        self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor
-    ) -> torch.Tensor: ...
+    def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor: ...
 
 
 class SumEncoder(Encoder):

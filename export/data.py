@@ -43,11 +43,10 @@ class Dataset:
             raise DataFormatError(f"Dataset.x must be float32, got {self.x.dtype}")
         if self.x.ndim < 2:
             raise DataFormatError(f"Dataset.x must be [N, *query_shape], got shape {self.x.shape}")
-        if self.y is not None:
-            if self.y.dtype != np.int64 or self.y.shape != (len(self.x),):
-                raise DataFormatError(
-                    f"Dataset.y must be int64 of shape ({len(self.x)},), got {self.y.dtype} {self.y.shape}"
-                )
+        if self.y is not None and (self.y.dtype != np.int64 or self.y.shape != (len(self.x),)):
+            raise DataFormatError(
+                f"Dataset.y must be int64 of shape ({len(self.x)},), got {self.y.dtype} {self.y.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.x)
@@ -103,7 +102,7 @@ def load_numpy(path: Path) -> Dataset:
         if "x" not in archive:
             raise DataFormatError(f"{path}: expected an array named 'x', found {sorted(archive.files)}")
         x = archive["x"].astype(np.float32)
-        y = archive["y"] if "y" in archive else None
+        y = archive.get("y")
     if y is not None and not np.issubdtype(y.dtype, np.integer):
         raise DataFormatError(f"{path}: labels 'y' must be integers, got {y.dtype}")
     return Dataset(x, None if y is None else y.astype(np.int64))
@@ -149,7 +148,9 @@ def _read_idx(path: Path) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=rank, offset=4))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header_size != expected:
-        raise DataFormatError(f"{path}: header says shape {shape} ({expected} bytes), file holds {len(raw) - header_size}")
+        raise DataFormatError(
+            f"{path}: header says shape {shape} ({expected} bytes), file holds {len(raw) - header_size}"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
 
 

@@ -3,12 +3,14 @@
 Messages say what was expected, what came, and which file, model or tensor was involved.
 """
 
+from parm.errors import ParmError
 
-class ExportError(Exception):
+
+class ExportError(ParmError):
     """Root of every error raised by ``parm.export``."""
 
 
-class DataFormatError(ExportError):
+class DataFormatError(ExportError, ValueError):
     """A query file or folder could not be read: unknown format, bad header, mismatched shapes or labels."""
 
 

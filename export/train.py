@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class TrainResult:
     best_epoch: int
     best_val_metric: float
     steps: int
-    history: list[EpochLog] = field(default_factory=list)
+    history: list[EpochLog]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return total if cfg.max_steps is None else min(total, cfg.max_steps)
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, object]:
+def _optimizer(
+    model: nn.Module, cfg: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Adam with a cosine decay to zero over the run: the late small steps settle the regression of parity models."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))

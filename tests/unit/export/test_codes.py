@@ -1,0 +1,80 @@
+"""The sum code against the contract: exact decoding for a linear F, masking of erased slots, the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from parm.backend.orchestrator import contract
+from parm.export.codes import Code, SubtractionDecoder, SumEncoder, get_code, register_code
+
+
+def _erased(k: int, slot: int) -> torch.Tensor:
+    available = torch.ones(k)
+    available[slot] = 0.0
+    return available
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_linear_f_is_rebuilt_exactly_for_every_single_erasure(k: int) -> None:
+    torch.manual_seed(k)
+    f = nn.Linear(6, 3, bias=False)  # linear: F(x1) + ... + F(xk) == F(x1 + ... + xk), so the parity model is F
+    queries = torch.randn(k, 5, 6)
+    with torch.no_grad():
+        outputs = f(queries)
+        parity_outputs = f(SumEncoder(k)(queries))
+    decoder = SubtractionDecoder(k)
+    for slot in range(k):
+        garbage = outputs.clone()
+        garbage[slot] = torch.randn(5, 3) * 1e3
+        decoded = decoder(parity_outputs, garbage, _erased(k, slot))
+        torch.testing.assert_close(decoded, outputs, atol=1e-5, rtol=1e-5)
+
+
+def test_affine_f_with_its_parity_model() -> None:
+    torch.manual_seed(0)
+    k, f = 3, nn.Linear(4, 2)
+    parity = nn.Linear(4, 2)  # the exact parity model of an affine F carries k times its bias
+    parity.weight.data.copy_(f.weight.data)
+    parity.bias.data.copy_(k * f.bias.data)
+    queries = torch.randn(k, 7, 4)
+    with torch.no_grad():
+        outputs = f(queries)
+        decoded = SubtractionDecoder(k)(parity(SumEncoder(k)(queries)), outputs, _erased(k, 1))
+    torch.testing.assert_close(decoded, outputs, atol=1e-5, rtol=1e-5)
+
+
+def test_shapes_follow_the_contract() -> None:
+    queries = torch.rand(2, 3, 1, 8, 8)  # [k, B, *q]
+    parity_queries = SumEncoder(2)(queries)
+    assert parity_queries.shape == (1, 3, 1, 8, 8)  # [r, B, *q]
+    torch.testing.assert_close(parity_queries[0], queries[0] + queries[1])
+    assert SumEncoder.input_name == contract.ENCODER_INPUT and SumEncoder.output_name == contract.ENCODER_OUTPUT
+    assert SubtractionDecoder.input_names == (
+        contract.DECODER_PARITY_INPUT,
+        contract.DECODER_OUTPUTS_INPUT,
+        contract.DECODER_AVAILABLE_INPUT,
+    )
+    assert SubtractionDecoder.output_name == contract.DECODER_OUTPUT
+
+
+def test_erased_slot_may_hold_nan_and_available_slots_pass_through() -> None:
+    outputs = torch.tensor([[[1.0, 2.0]], [[float("nan"), float("inf")]]])  # [k=2, B=1, o=2]
+    parity = torch.tensor([[[4.0, 6.0]]])
+    decoded = SubtractionDecoder(2)(parity, outputs, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(decoded, torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]]))
+    everything = torch.randn(2, 1, 2)
+    torch.testing.assert_close(SubtractionDecoder(2)(parity, everything, torch.ones(2)), everything)
+
+
+def test_registry() -> None:
+    code = get_code("sum")
+    assert isinstance(code.make_encoder(3), SumEncoder) and isinstance(code.make_decoder(3), SubtractionDecoder)
+    assert code.make_encoder(3).k == 3 and code.make_decoder(3).r == 1
+    with pytest.raises(KeyError, match="known codes: \\['sum'"):
+        get_code("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_code(Code("sum", SumEncoder, SubtractionDecoder, needs_parity_model=True))
+    with pytest.raises(ValueError, match="k >= 2"):
+        SumEncoder(1)
