@@ -7,7 +7,15 @@ whose command line carries the instance name (``<model>_<group>_<index>``, e.g. 
 A fault is an object with ``apply()`` and ``undo()``; used as a context manager it is always undone on exit, and
 every fault still applied when the interpreter exits is undone then (``undo_all``), so no instance is ever left
 paused. Each apply and undo is logged with a wall-clock timestamp (also kept on the fault: ``applied_at``,
-``undone_at``) so that latency traces can be lined up with faults. New kinds (CPU hog, cgroup quota) subclass ``Fault``.
+``undone_at``) so that latency traces can be lined up with faults. New kinds (CPU hog, cgroup quota) subclass ``Fault``
+and implement ``_apply``/``_undo``.
+
+Measured limit of pauses (Triton 2.51, Python backend): while tritonserver waits on a stub, it expects the stub's
+health flag (refreshed every 300 ms by a stub thread) within about 1 s. A stub paused longer with a request in flight
+is declared unhealthy: that request fails ("Stub process '<instance>' is not healthy"), and the next request sent to
+the instance after SIGCONT crashed tritonserver (boost::interprocess::lock_exception, SIGABRT). Pauses up to 0.95 s
+were harmless: the paused instance holds the one request it took, the other instances serve the rest. So keep each
+pause under ``PAUSE_HEALTH_LIMIT_S`` (``max_seconds`` resumes automatically); longer stragglers need another fault.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from parm.errors import FaultError
 logger = logging.getLogger(__name__)
 
 STUB_NAME = "triton_python_backend_stub"
+PAUSE_HEALTH_LIMIT_S = 0.9
+"""Longest pause of a Python-backend stub that the server survives with margin (see the module docstring)."""
 
 _active: set[Fault] = set()
 _active_lock = threading.Lock()
@@ -86,58 +96,87 @@ def find_instance_pid(server_pid: int, model: str, instance_index: int = 0, *, g
 
 
 class Fault:
-    """A fault on one process: ``apply()`` injects it, ``undo()`` removes it (idempotent, safe if the process is
-    gone). As a context manager it is applied on entry and always undone on exit."""
+    """A fault on one process: ``apply()`` injects it, ``undo()`` removes it (idempotent, thread-safe, and a no-op
+    once the process is gone). As a context manager it is applied on entry and always undone on exit.
+
+    ``max_seconds`` undoes the fault automatically that long after ``apply()`` (from a timer thread), so a fault can
+    outlive neither a hung caller nor its own safe limit.
+    """
 
     kind = "fault"
     reversible = True  # False: nothing to undo (the fault is a one-shot event), so it is never kept as active
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, max_seconds: float | None = None) -> None:
         try:
             # psutil.Process remembers the creation time: a signal never reaches a process that reused the pid.
             self.process = psutil.Process(pid)
         except psutil.NoSuchProcess as exc:
             raise FaultError(f"cannot {self.kind} pid {pid}: no such process") from exc
         self.pid = pid
+        self.max_seconds = max_seconds
         self.applied_at: float | None = None
         self.undone_at: float | None = None
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
 
     @property
     def active(self) -> bool:
         """Applied and not undone (a one-shot fault stays active until ``undo()``, which has nothing to do)."""
         return self.applied_at is not None and self.undone_at is None
 
+    @property
+    def duration(self) -> float | None:
+        """Seconds from apply to undo (to now while active); None before apply."""
+        if self.applied_at is None:
+            return None
+        return (self.undone_at or time.time()) - self.applied_at
+
     def apply(self) -> Fault:
-        if self.active:
+        with self._lock:
+            if self.active:
+                return self
+            try:
+                self._apply()
+            except psutil.NoSuchProcess as exc:
+                raise FaultError(f"cannot {self.kind} pid {self.pid}: the process is gone") from exc
+            self.applied_at, self.undone_at = time.time(), None
+            if self.reversible:
+                with _active_lock:
+                    _active.add(self)
+                if self.max_seconds is not None:
+                    self._timer = threading.Timer(self.max_seconds, self.undo)
+                    self._timer.daemon = True
+                    self._timer.start()
+            logger.info("%s fault %s applied to pid %d", _stamp(self.applied_at), self.kind, self.pid)
             return self
-        try:
-            self._apply()
-        except psutil.NoSuchProcess as exc:
-            raise FaultError(f"cannot {self.kind} pid {self.pid}: the process is gone") from exc
-        self.applied_at, self.undone_at = time.time(), None
-        if self.reversible:
-            with _active_lock:
-                _active.add(self)
-        logger.info("%s fault %s applied to pid %d", _stamp(self.applied_at), self.kind, self.pid)
-        return self
 
     def undo(self) -> None:
-        if not self.active:
-            return
-        try:
-            self._undo()
-        except psutil.NoSuchProcess:
-            logger.info("pid %d is gone; nothing to undo for %s", self.pid, self.kind)
-        self.undone_at = time.time()
-        with _active_lock:
-            _active.discard(self)
-        logger.info("%s fault %s undone on pid %d", _stamp(self.undone_at), self.kind, self.pid)
+        with self._lock:
+            if not self.active:
+                return
+            if self._timer is not None and self._timer is not threading.current_thread():
+                self._timer.cancel()
+            try:
+                self._undo()
+            except psutil.NoSuchProcess:
+                logger.info("pid %d is gone; nothing to undo for %s", self.pid, self.kind)
+            self.undone_at = time.time()
+            with _active_lock:
+                _active.discard(self)
+            logger.info(
+                "%s fault %s undone on pid %d after %.3f s",
+                _stamp(self.undone_at), self.kind, self.pid, self.undone_at - (self.applied_at or self.undone_at),
+            )  # fmt: skip
+            self._check_duration()
 
     def _apply(self) -> None:
         raise NotImplementedError
 
     def _undo(self) -> None:
         raise NotImplementedError
+
+    def _check_duration(self) -> None:
+        """Hook run after undo: subclasses warn when the fault lasted longer than the server tolerates."""
 
     def __enter__(self) -> Fault:
         return self.apply()
@@ -159,7 +198,11 @@ def _wait_status(process: psutil.Process, stopped: bool, timeout: float = 1.0) -
 
 
 class Pause(Fault):
-    """SIGSTOP: the instance holds its requests without answering (a straggler); SIGCONT undoes it."""
+    """SIGSTOP: the instance holds its request without answering (a straggler); SIGCONT undoes it.
+
+    Keep it under ``PAUSE_HEALTH_LIMIT_S`` on a Python-backend stub (see the module docstring); a longer pause is
+    logged as a warning when undone.
+    """
 
     kind = "pause"
 
@@ -171,30 +214,41 @@ class Pause(Fault):
         self.process.send_signal(signal.SIGCONT)
         _wait_status(self.process, stopped=False)
 
+    def _check_duration(self) -> None:
+        if (self.duration or 0.0) > PAUSE_HEALTH_LIMIT_S:
+            logger.warning(
+                "pid %d was paused %.2f s, longer than %.1f s: a Triton Python-backend stub paused that long is "
+                "declared unhealthy and the server may crash on its next request",
+                self.pid, self.duration, PAUSE_HEALTH_LIMIT_S,
+            )  # fmt: skip
+
 
 class Kill(Fault):
-    """SIGKILL: the instance is lost. A dead process cannot be brought back, so ``undo`` has nothing to do; the
-    server decides whether the instance comes back (Triton's Python backend restarts a dead stub)."""
+    """SIGKILL: the instance is lost for good. Nothing can bring a dead process back, so ``undo`` has nothing to do.
+    Triton's Python backend does not restart a dead stub: requests routed to it fail ("Stub process ... is not
+    healthy") until the model is reloaded, and the server may need ``stop()``'s SIGKILL to exit."""
 
     kind = "kill"
     reversible = False
 
     def _apply(self) -> None:
-        resume(self.pid)  # any pause fault on it is closed, not left active
+        resume(self.pid)  # closes any pause fault on it, so none is left active
         self.process.kill()
-        try:
-            self.process.wait(timeout=5)
-        except psutil.TimeoutExpired:
-            if self.process.status() != psutil.STATUS_ZOMBIE:  # dead, waiting for tritonserver to reap it
-                raise FaultError(f"pid {self.pid} is still alive 5 s after SIGKILL") from None
+        deadline = time.monotonic() + 5.0
+        # Dead once gone or a zombie (tritonserver reaps its children when it gets to it).
+        while self.process.is_running() and self.process.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                raise FaultError(f"pid {self.pid} is still alive 5 s after SIGKILL")
+            time.sleep(0.001)
 
     def _undo(self) -> None:
         pass
 
 
-def pause(pid: int) -> Pause:
-    """SIGSTOPs ``pid``; returns the fault, to ``undo()`` later (``resume(pid)`` does the same)."""
-    fault = Pause(pid)
+def pause(pid: int, max_seconds: float | None = None) -> Pause:
+    """SIGSTOPs ``pid``; returns the fault, to ``undo()`` later (``resume(pid)`` does the same, and so does a timer
+    after ``max_seconds`` if given)."""
+    fault = Pause(pid, max_seconds)
     fault.apply()
     return fault
 
@@ -208,16 +262,20 @@ def resume(pid: int) -> None:
     if not pauses:
         with contextlib.suppress(psutil.NoSuchProcess):
             process = psutil.Process(pid)
+            was_stopped = process.status() == psutil.STATUS_STOPPED
             process.send_signal(signal.SIGCONT)
             _wait_status(process, stopped=False)
-            logger.info("%s resumed pid %d", _stamp(time.time()), pid)
+            if was_stopped:
+                logger.info("%s resumed pid %d (paused outside this module)", _stamp(time.time()), pid)
 
 
 @contextlib.contextmanager
-def paused(pid: int) -> Iterator[Pause]:
-    """Pauses ``pid`` for the body; resumes it on exit, even when the body raises."""
-    with Pause(pid) as fault:
-        yield fault  # type: ignore[misc]
+def paused(pid: int, max_seconds: float | None = None) -> Iterator[Pause]:
+    """Pauses ``pid`` for the body; resumes it on exit, even when the body raises (and after ``max_seconds``, if
+    given, even while the body still runs)."""
+    fault = Pause(pid, max_seconds)
+    with fault:
+        yield fault
 
 
 def kill(pid: int) -> Kill:

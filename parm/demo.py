@@ -42,6 +42,7 @@ class PauseReport:
     rebuilt_agree_with_label: int
     max_latency_ms: float
     pause_s: float
+    pauses: int
 
 
 def _infer(client, module, model: str, x: np.ndarray, input_name: str, timeout_s: float | None = None):
@@ -82,9 +83,16 @@ def pause_and_query(
     y: np.ndarray,
     input_name: str,
     output_name: str,
+    pauses: int = 4,
+    pause_s: float = 0.5,
     clients: int = 4,
 ) -> tuple[PauseReport, list[str]]:
-    """SIGSTOPs F's first instance, sends ``x`` over gRPC from ``clients`` threads, resumes, and reports."""
+    """SIGSTOPs F's first instance ``pauses`` times while gRPC clients send ``x`` in bursts, and reports.
+
+    Each pause stays under ``faults.PAUSE_HEALTH_LIMIT_S``: Triton 2.51's Python backend declares a stub that is
+    silent for about a second unhealthy (see ``parm.loadtest.faults``). A paused instance holds the one request it
+    took; the coded endpoint answers that request from its coding group instead of waiting for the instance.
+    """
     client = grpcclient.InferenceServerClient(server.grpc_url)
     pid = faults.find_instance_pids(server.pid, names.f)[f"{names.f}_0_0"]
     latencies = np.zeros(len(x))
@@ -95,10 +103,15 @@ def pause_and_query(
         latencies[row] = time.perf_counter() - start
         return result
 
-    pause_start = time.perf_counter()
-    with faults.paused(pid), concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(call, range(len(x))))
-    pause_s = time.perf_counter() - pause_start
+    bursts = np.array_split(np.arange(len(x)), pauses)
+    futures = []
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        for burst in bursts:
+            with faults.paused(pid, max_seconds=pause_s):
+                futures += [pool.submit(call, int(row)) for row in burst]
+                time.sleep(pause_s)
+            time.sleep(0.2)
+        results = [future.result() for future in futures]
     lines, rebuilt, agree_f, agree_label = [], 0, 0, 0
     for row, result in enumerate(results):
         if not result.as_numpy(RECONSTRUCTED_OUTPUT).all():
@@ -119,6 +132,7 @@ def pause_and_query(
         rebuilt_agree_with_label=agree_label,
         max_latency_ms=1000 * float(latencies.max()),
         pause_s=pause_s,
+        pauses=pauses,
     )
     return report, lines
 

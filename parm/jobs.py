@@ -76,14 +76,14 @@ def demo(
         same = steps.grpc_and_http_agree(server, names, test.x[:8], input_name, output_name)
         print(f"  a batch of 8 over gRPC and over HTTP: {'identical' if same else 'DIFFERENT'} answers")
 
-        print(f"\nPausing instance {names.f}_0_0 (SIGSTOP) while 4 gRPC clients send 60 queries ...")
+        print(f"\nPausing instance {names.f}_0_0 (SIGSTOP) 4 times for 0.5 s while 4 gRPC clients send 60 queries")
         report, lines = steps.pause_and_query(server, names, test.x[200:260], test.y[200:260], input_name, output_name)
         print("\n".join(lines))
         print(
             f"  {report.requests} answered, {report.rebuilt} rebuilt (flagged {steps.RECONSTRUCTED_OUTPUT}=true); "
             f"rebuilt answers agree with F's own on {report.rebuilt_agree_with_f}/{report.rebuilt}, "
             f"with the label on {report.rebuilt_agree_with_label}/{report.rebuilt}; "
-            f"slowest answer {report.max_latency_ms:.0f} ms while the instance was paused for {report.pause_s:.1f} s"
+            f"slowest answer {report.max_latency_ms:.0f} ms; each pause lasted {report.pause_s:.1f} s"
         )
     print("\nServer stopped; every instance resumed and shut down.")
     return 0

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -227,14 +228,38 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log, without the status tables' rows (long, and seldom the point)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
+            f.seek(max(0, f.tell() - 256 * 1024))
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return "(no server log)"
-    return "\n".join(text.splitlines()[-lines:])
+    kept = [line for line in text.splitlines() if line.strip() and not line.startswith(("|", "+"))]
+    return "\n".join(kept[-lines:])
+
+
+# Errors Triton logs on every start on a machine without a GPU: noise in a diagnosis.
+_HARMLESS_ERRORS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML")
+
+
+def _diagnosis(path: Path) -> str:
+    """What went wrong, from the server log: its error lines first (they name the model and the cause, while the
+    tail shows only the shutdown that followed), then its last lines."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no server log)"
+    errors = [
+        line
+        for line in text.splitlines()
+        if re.match(r"^(E\d{4} |error:)", line) and not any(noise in line for noise in _HARMLESS_ERRORS)
+    ]
+    # The same error comes once per instance: keep one of each, whatever its timestamp.
+    errors = list({line.split("] ", 1)[-1]: line for line in errors}.values())[-10:]
+    summary = "errors in the server log:\n" + "\n".join(errors) + "\n" if errors else ""
+    return f"{summary}last lines of {path}:\n{_tail(path, 15)}"
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -247,6 +272,10 @@ class TritonServer:
 
         with TritonServer("model_repository") as server:
             client = tritonclient.http.InferenceServerClient(server.http_address)
+
+    ``stop()`` sends SIGTERM and grants ``stop_timeout`` seconds before SIGKILL; Triton itself waits up to
+    ``exit_timeout`` of those for in-flight requests and open client connections (close your clients), then
+    unloads the models (a few seconds: each stub runs its ``finalize``).
 
     Ports left as ``None`` are picked free (and picked again if the server loses the race for one). URLs:
     ``http_url`` ("http://host:port", for Locust and urllib), ``http_address`` and ``grpc_url`` ("host:port", as
@@ -265,7 +294,8 @@ class TritonServer:
         log_dir: str | os.PathLike[str] | None = None,
         log_verbose: int = 0,
         startup_timeout: float = 60.0,
-        stop_timeout: float = 10.0,
+        exit_timeout: float = 5.0,
+        stop_timeout: float = 15.0,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -280,6 +310,7 @@ class TritonServer:
         self._log_dir = Path(log_dir).absolute() if log_dir is not None else None
         self.log_verbose = log_verbose
         self.startup_timeout = startup_timeout
+        self.exit_timeout = exit_timeout
         self.stop_timeout = stop_timeout
         self.extra_args = tuple(extra_args)
         self._env = env
@@ -287,6 +318,8 @@ class TritonServer:
         self._log_file: IO[bytes] | None = None
         self._pid: int | None = None
         self.log_path: Path | None = None
+        self.returncode: int | None = None
+        """tritonserver's exit status once stopped: 0 after a clean shutdown, -9 if it had to be killed."""
 
     # -- addresses -----------------------------------------------------------------------------------------------
 
@@ -347,7 +380,10 @@ class TritonServer:
             try:
                 self._wait_ready()
                 return self
-            except ServerError as exc:
+            except BaseException as exc:
+                if not isinstance(exc, ServerError):  # e.g. KeyboardInterrupt: never leave a server behind
+                    self.stop()
+                    raise
                 port_race = "address already in use" in _tail(self.log_path).lower()
                 self.stop()
                 if not port_race or attempt == retries:
@@ -376,7 +412,9 @@ class TritonServer:
             f"--log-verbose={self.log_verbose}",
             "--strict-readiness=true",
             "--exit-on-error=true",
-            f"--exit-timeout-secs={max(1, int(self.stop_timeout))}",
+            # How long Triton waits for in-flight requests and open client connections before it unloads the
+            # models anyway; shorter than stop_timeout, so that the unloading (finalize) still fits in the grace.
+            f"--exit-timeout-secs={max(1, round(self.exit_timeout))}",
             *self.extra_args,
         ]
 
@@ -398,23 +436,22 @@ class TritonServer:
                     self._pid, self.http_port, self.grpc_port, self.metrics_port, self.log_path)  # fmt: skip
 
     def _wait_ready(self) -> None:
-        assert self._process is not None
+        assert self._process is not None and self.log_path is not None
+        log_path = self.log_path
         deadline = time.monotonic() + self.startup_timeout
         while True:
             returncode = self._process.poll()
             if returncode is not None:
                 raise ServerError(
                     f"tritonserver exited with code {returncode} before it was ready "
-                    f"(model repository {self.model_repository}); last lines of {self.log_path}:\n"
-                    f"{_tail(self.log_path)}"  # type: ignore[arg-type]
+                    f"(model repository {self.model_repository}); {_diagnosis(log_path)}"
                 )
             if self.is_ready():
                 return
             if time.monotonic() > deadline:
                 raise ServerError(
                     f"tritonserver was not ready within {self.startup_timeout:.0f} s "
-                    f"(model repository {self.model_repository}); last lines of {self.log_path}:\n"
-                    f"{_tail(self.log_path)}"  # type: ignore[arg-type]
+                    f"(model repository {self.model_repository}); {_diagnosis(log_path)}"
                 )
             time.sleep(0.1)
 
@@ -439,6 +476,7 @@ class TritonServer:
         process, self._process = self._process, None
         if process is None:
             return
+        self.returncode = None
         atexit.unregister(self.stop)
         pgid = process.pid
         try:
@@ -456,7 +494,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 logger.warning("tritonserver pid %d did not stop within %.0f s; killing it", pgid, self.stop_timeout)
         _signal_group(pgid, signal.SIGKILL)
-        process.wait()
+        self.returncode = process.wait()
         for child in descendants:
             with contextlib.suppress(psutil.Error):
                 child.kill()
@@ -510,14 +548,22 @@ def serve_forever(
 ) -> int:
     """Serves ``model_repository`` until SIGINT/SIGTERM or the server's death; returns an exit code for the CLI.
 
-    Prints the endpoints and the ready models to ``out`` (stdout); 0 after a signal, 1 if the server died.
+    Prints the endpoints and the ready models to ``out`` (stdout). Returns 0 after a signal, 1 if the server died,
+    130 if a signal came before the server was ready; raises ``ServerError`` if it could not start.
     """
     out = out or sys.stdout
     stop_requested = threading.Event()
+    ready = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop_requested.set()
+        if not ready.is_set():
+            raise KeyboardInterrupt  # interrupts start(), which then stops what it started
+
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, frame: stop_requested.set())
+        for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM too: its default would orphan the server
+            previous[sig] = signal.signal(sig, on_signal)
     server = TritonServer(
         model_repository,
         http_port=http_port,
@@ -529,7 +575,12 @@ def serve_forever(
         startup_timeout=startup_timeout,
     )
     try:
-        server.start()
+        try:
+            server.start()
+        except KeyboardInterrupt:
+            print("interrupted before the server was ready", file=sys.stderr)
+            return 130
+        ready.set()
         print(f"Triton server ready (pid {server.pid}), model repository {server.model_repository}", file=out)
         print(f"  HTTP     {server.http_url}", file=out)
         print(f"  gRPC     {server.grpc_url}", file=out)
@@ -539,7 +590,7 @@ def serve_forever(
         print("Press Ctrl-C to stop.", file=out, flush=True)
         while not stop_requested.wait(0.5):
             if not server.is_alive():
-                print(f"the server died; last lines of {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
+                print(f"the server died; {_diagnosis(server.log_path)}", file=sys.stderr)  # type: ignore[arg-type]
                 return 1
         print("stopping...", file=out, flush=True)
         return 0

@@ -181,7 +181,7 @@ def _check_against_graph(model: str, kind: str, specs: tuple[TensorSpec, ...], g
                 f"model '{model}', {kind} '{spec.name}': config shape {list(spec.shape)} (batch dim included) "
                 f"has rank {len(spec.shape)}, the ONNX graph's shape {graph_shape} has rank {len(graph_shape)}"
             )
-        for axis, (want, have) in enumerate(zip(spec.shape, graph_shape)):
+        for axis, (want, have) in enumerate(zip(spec.shape, graph_shape, strict=True)):
             if want >= 0 and isinstance(have, int) and have >= 0 and want != have:
                 raise pb_utils.TritonModelException(
                     f"model '{model}', {kind} '{spec.name}': dim {axis} is {want} in the config "
@@ -257,7 +257,7 @@ class TritonPythonModel:
         names = [name for name in self._output_names if name in requested] or list(self._output_names)
         values = self.session.run(names, feeds)
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in zip(names, values)]
+            output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in zip(names, values, strict=True)]
         )
 
     def finalize(self) -> None:

@@ -14,7 +14,6 @@ from tritonclient.utils import InferenceServerException
 
 from parm.backend.orchestrator.contract import RECONSTRUCTED_OUTPUT
 from parm.export.data import load_digits_splits
-from parm.export.repository import read_config
 from parm.loadtest import faults
 
 pytestmark = pytest.mark.integration
@@ -31,11 +30,6 @@ def server(start_session_server):
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     return load_digits_splits(seed=0).test.x
-
-
-@pytest.fixture(scope="module")
-def coded_config():
-    return read_config(REPOSITORY / CODED / "config.pbtxt")
 
 
 def _http_infer(client, model: str, x: np.ndarray, outputs=None):
@@ -108,31 +102,42 @@ def test_concurrent_clients_are_each_answered_once_with_f_or_flagged_answers(ser
             np.testing.assert_array_equal(result.as_numpy("logits"), truth)
 
 
-def test_a_paused_f_instance_is_rebuilt_around_within_the_deadline(server, digits, coded_config):
-    """One F instance SIGSTOPped for longer than the deadline: every request is still answered, in time."""
-    timeout_s = float(coded_config.parameters["request_timeout_ms"].string_value) / 1000
+def test_a_paused_f_instance_is_rebuilt_around_before_it_resumes(server, digits):
+    """One F instance SIGSTOPped: every request is answered, and none waits for the instance to resume.
+
+    Pauses stay under a second: Triton 2.51's Python backend declares a stub silent for ~1 s unhealthy
+    (``faults.PAUSE_HEALTH_LIMIT_S``). The paused instance holds the one request it took; that request must come
+    back rebuilt (flagged) while the instance is still stopped.
+    """
     client = grpcclient.InferenceServerClient(server.grpc_url)
     pid = faults.find_instance_pids(server.pid, F)[f"{F}_0_0"]
-    queries = [digits[i : i + 1] for i in range(100, 140)]
-    latencies: list[float] = []
+    queries = [digits[i : i + 1] for i in range(100, 124)]
+    answered_at: dict[int, float] = {}
 
-    def call(x):
-        start = time.perf_counter()
-        result = _grpc_infer(client, CODED, x, timeout_s=30)
-        latencies.append(time.perf_counter() - start)
+    def call(row: int):
+        result = _grpc_infer(client, CODED, queries[row], timeout_s=30)
+        answered_at[row] = time.monotonic()
         return result
 
-    with faults.paused(pid), concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(call, queries))
-        time.sleep(0.5)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        pause = faults.pause(pid, max_seconds=0.8)
+        try:
+            futures = [pool.submit(call, row) for row in range(len(queries))]
+            results = [future.result(timeout=30) for future in futures]
+            answered_before_resume = pause.active
+        finally:
+            pause.undo()
+    assert answered_before_resume, "every request was answered while the F instance was still paused"
     flags = [bool(r.as_numpy(RECONSTRUCTED_OUTPUT).all()) for r in results]
-    assert any(flags), "the paused instance held a request: it must have been rebuilt"
-    assert max(latencies) < timeout_s + 1.0, "latency is bounded by the deadline, not by the pause"
+    assert any(flags), "the paused instance held a request: it must have been rebuilt and flagged"
     direct = np.concatenate([_grpc_infer(client, F, x).as_numpy("logits") for x in queries])
-    rebuilt = np.concatenate([r.as_numpy("logits") for r, flag in zip(results, flags, strict=True) if flag])
-    assert rebuilt.shape[1] == direct.shape[1]
-    assert np.isfinite(rebuilt).all()
-    after = _grpc_infer(client, CODED, digits[:1])
+    coded = np.concatenate([r.as_numpy("logits") for r in results])
+    for row, flag in enumerate(flags):
+        if not flag:
+            np.testing.assert_array_equal(coded[row], direct[row])
+    assert np.isfinite(coded).all()
+    time.sleep(0.3)
+    after = _grpc_infer(client, CODED, digits[:1], timeout_s=10)
     assert not after.as_numpy(RECONSTRUCTED_OUTPUT).any()
 
 

@@ -292,9 +292,7 @@ def test_members_of_a_group_go_to_distinct_f_targets_when_there_are_enough(targe
     async def scenario():
         fs = [LinearF(f"f{i}") for i in range(targets)]
         h = Harness(f_models=tuple(f.name for f in fs))
-        h.dispatcher = CodedDispatcher(
-            h.config, fs, [h.parity], SumEncoder(), h.decoder, asyncio.get_running_loop()
-        )
+        h.dispatcher = CodedDispatcher(h.config, fs, [h.parity], SumEncoder(), h.decoder, asyncio.get_running_loop())
         for request in [h.submit(m) for m in (0.1, 0.2)]:
             await h.answer(request)
         assert sum(f.calls for f in fs) == 2

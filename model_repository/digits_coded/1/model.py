@@ -1,0 +1,147 @@
+"""Triton adapter of the coded endpoint (``<name>_coded/1/model.py``): tensors in, a call into the core, answers out.
+
+A default-mode (not decoupled) Python model that answers each request later through its response sender and
+returns None from ``execute``: one instance then keeps many requests in flight, and plain HTTP and gRPC clients
+work unchanged. The orchestrator core runs on an asyncio loop in a thread of this instance; downstream models are
+called with BLS ``async_exec`` from that loop. The core is copied beside this file as ``parm_orchestrator``.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+from functools import partial
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from parm_orchestrator import (
+    Answer,
+    AnswerSource,
+    CodedDispatcher,
+    InvalidQueryError,
+    OrchestratorConfig,
+    TargetError,
+    validate_query,
+)
+from parm_orchestrator.contract import RECONSTRUCTED_OUTPUT
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class _TritonLogHandler(logging.Handler):
+    """Routes the core's ``logging`` records to Triton's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            pb_utils.Logger.log_error(message)
+        elif record.levelno >= logging.WARNING:
+            pb_utils.Logger.log_warn(message)
+        else:
+            pb_utils.Logger.log_info(message)
+
+
+class BlsTarget:
+    """A model in the same Triton server, called through BLS; every error response becomes a ``TargetError``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def infer(self, inputs, output_names):
+        request = pb_utils.InferenceRequest(
+            model_name=self.name,
+            inputs=[pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs.items()],
+            requested_output_names=list(output_names),
+        )
+        response = await request.async_exec()
+        if response.has_error():
+            raise TargetError(self.name, response.error().message())
+        outputs = {}
+        for name in output_names:
+            tensor = pb_utils.get_output_tensor_by_name(response, name)
+            if tensor is None:
+                raise TargetError(self.name, f"its response lacks output '{name}'")
+            outputs[name] = tensor.as_numpy().copy()
+        return outputs
+
+
+def _supports_response_parameters() -> bool:
+    """Triton 2.51 refuses ``InferenceResponse(parameters=...)`` with a TypeError; newer servers accept it."""
+    try:
+        pb_utils.InferenceResponse(output_tensors=[], parameters={RECONSTRUCTED_OUTPUT: False})
+    except TypeError:
+        return False
+    return True
+
+
+class TritonPythonModel:
+    """The coded endpoint: F's signature plus the ``parm_reconstructed`` flag."""
+
+    def initialize(self, args):
+        self._name = args["model_name"]
+        self._config = OrchestratorConfig.from_model_config(json.loads(args["model_config"]))
+        handler = _TritonLogHandler()
+        handler.setFormatter(logging.Formatter(f"{args['model_instance_name']}: %(message)s"))
+        core_logger = logging.getLogger("parm_orchestrator")
+        core_logger.addHandler(handler)
+        core_logger.setLevel(logging.INFO)
+        self._response_parameters = _supports_response_parameters()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{self._name}-loop", daemon=True)
+        self._thread.start()
+        config = self._config
+        self._dispatcher = CodedDispatcher(
+            config,
+            f_targets=[BlsTarget(name) for name in config.f_models],
+            parity_targets=[BlsTarget(name) for name in config.parity_models],
+            encoder=BlsTarget(config.encoder_model),
+            decoder=BlsTarget(config.decoder_model),
+            loop=self._loop,
+        )
+        self._finalized = False
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                inputs = {tensor.name(): tensor.as_numpy().copy() for tensor in request.inputs()}
+                batch = validate_query(inputs, self._config.inputs, self._config.max_batch_size)
+            except InvalidQueryError as error:
+                self._send_error(sender, str(error))
+                continue
+            self._loop.call_soon_threadsafe(self._dispatcher.submit, inputs, partial(self._reply, sender, batch))
+        return None
+
+    def finalize(self):
+        """Answers what is still in flight with an error, then stops the loop; safe to call twice."""
+        if self._finalized:
+            return
+        self._finalized = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._dispatcher.close(), self._loop).result(timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def _reply(self, sender, batch: int, answer: Answer) -> None:
+        if answer.source is AnswerSource.ERROR:
+            self._send_error(sender, answer.error)
+            return
+        rebuilt = answer.source is AnswerSource.REBUILT
+        tensors = [
+            pb_utils.Tensor(spec.name, np.ascontiguousarray(answer.outputs[spec.name], dtype=spec.dtype))
+            for spec in self._config.outputs
+        ]
+        tensors.append(pb_utils.Tensor(RECONSTRUCTED_OUTPUT, np.full((batch, 1), rebuilt, dtype=np.bool_)))
+        if self._response_parameters:
+            response = pb_utils.InferenceResponse(output_tensors=tensors, parameters={RECONSTRUCTED_OUTPUT: rebuilt})
+        else:
+            response = pb_utils.InferenceResponse(output_tensors=tensors)
+        sender.send(response, flags=_FINAL)
+
+    def _send_error(self, sender, message: str) -> None:
+        sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self._name}: {message}")), flags=_FINAL)

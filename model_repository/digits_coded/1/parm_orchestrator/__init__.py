@@ -1,0 +1,28 @@
+"""The coded-inference orchestrator core: plain Python (numpy + asyncio), no Triton import.
+
+Copied into each coded model's version folder by the repository writer, so a model repository is self-contained;
+``triton_model.py`` is the thin Triton adapter around it.
+"""
+
+from .config import OrchestratorConfig, Scheme
+from .dispatcher import CodedDispatcher, Target
+from .errors import ConfigError, InvalidQueryError, OrchestratorError, TargetError
+from .groups import Answer, AnswerSource
+from .stats import DispatcherStats
+from .tensors import TensorSpec, validate_query
+
+__all__ = [
+    "Answer",
+    "AnswerSource",
+    "CodedDispatcher",
+    "ConfigError",
+    "DispatcherStats",
+    "InvalidQueryError",
+    "OrchestratorConfig",
+    "OrchestratorError",
+    "Scheme",
+    "Target",
+    "TargetError",
+    "TensorSpec",
+    "validate_query",
+]

@@ -1,0 +1,120 @@
+"""The coded endpoint's configuration, parsed once from its Triton model config and validated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import Enum
+
+from .contract import RECONSTRUCTED_OUTPUT
+from .errors import ConfigError
+from .tensors import TensorSpec
+
+
+class Scheme(Enum):
+    """How requests are protected. Only ParM-style coding is served today; baselines live in the benchmark."""
+
+    PARM = "parm"
+
+
+@dataclass(frozen=True)
+class OrchestratorConfig:
+    """Everything the orchestrator needs, from ``config.pbtxt`` ``parameters`` plus F's signature.
+
+    Times are in milliseconds. ``decode_after_ms = 0`` is ParM's policy: rebuild a missing answer as soon as the
+    code allows; a positive value first gives F that long to answer on its own.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    f_models: tuple[str, ...]
+    parity_models: tuple[str, ...]
+    encoder_model: str
+    decoder_model: str
+    scheme: Scheme = Scheme.PARM
+    k: int = 2
+    decode_after_ms: float = 0.0
+    request_timeout_ms: float = 1000.0
+    fill_timeout_ms: float = 5.0
+    filler_cache_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise ConfigError(f"k must be >= 2, got {self.k}")
+        if not self.f_models:
+            raise ConfigError("f_models must name at least one model")
+        if not self.parity_models:
+            raise ConfigError("parity_models must name at least one model (r = number of parity models)")
+        if not self.encoder_model or not self.decoder_model:
+            raise ConfigError("encoder_model and decoder_model must be set")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"the coded endpoint needs max_batch_size >= 1, got {self.max_batch_size}")
+        if not self.inputs or not self.outputs:
+            raise ConfigError("the coded endpoint needs at least one input and one output besides the flag")
+        for name in ("decode_after_ms", "fill_timeout_ms", "request_timeout_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.request_timeout_ms <= self.decode_after_ms:
+            raise ConfigError(
+                f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
+            )
+        if self.filler_cache_size < 1:
+            raise ConfigError(f"filler_cache_size must be >= 1, got {self.filler_cache_size}")
+
+    @property
+    def r(self) -> int:
+        """Number of parity queries per coding group (one parity model each)."""
+        return len(self.parity_models)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.outputs)
+
+    @classmethod
+    def from_model_config(cls, model_config: Mapping) -> OrchestratorConfig:
+        """Builds the config from Triton's model config (the JSON given to ``initialize``).
+
+        Refuses unknown ``parameters`` keys with a message naming the key, so a typo never passes silently.
+        """
+        parameters = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+        field_types = {f.name: f.type for f in fields(cls) if f.name not in ("inputs", "outputs", "max_batch_size")}
+        unknown = sorted(parameters.keys() - field_types.keys())
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown}; known: {sorted(field_types)}")
+        values: dict[str, object] = {}
+        for key, text in parameters.items():
+            values[key] = _parse(key, field_types[key], text)
+        outputs = tuple(
+            TensorSpec.from_config(entry)
+            for entry in model_config.get("output", [])
+            if entry["name"] != RECONSTRUCTED_OUTPUT
+        )
+        if len(outputs) == len(model_config.get("output", [])):
+            raise ConfigError(f"the coded endpoint must declare the BOOL output '{RECONSTRUCTED_OUTPUT}'")
+        try:
+            return cls(
+                inputs=tuple(TensorSpec.from_config(entry) for entry in model_config.get("input", [])),
+                outputs=outputs,
+                max_batch_size=int(model_config.get("max_batch_size", 0)),
+                **values,  # type: ignore[arg-type]
+            )
+        except TypeError as error:
+            raise ConfigError(f"incomplete orchestrator parameters: {error}") from error
+
+
+def _parse(key: str, annotation: str, text: str) -> object:
+    """Parses one ``string_value`` by the field's annotation (kept as a string by ``from __future__``)."""
+    try:
+        if annotation == "int":
+            return int(text)
+        if annotation == "float":
+            return float(text)
+        if annotation == "Scheme":
+            return Scheme(text.strip().lower())
+        if annotation == "tuple[str, ...]":
+            names = tuple(name.strip() for name in text.split(",") if name.strip())
+            return names
+        return text.strip()
+    except ValueError as error:
+        raise ConfigError(f"parameter '{key}': cannot parse {text!r} ({error})") from error

@@ -1,0 +1,307 @@
+"""The asyncio core of the coded endpoint: coding groups across concurrent requests, deadlines and decoding.
+
+Data flow per request: its query goes to F at once; it joins the open coding group for its shape; a full group
+(or one completed with filler queries after ``fill_timeout_ms``) is encoded into r parity queries that go to the
+parity model(s); each member is answered with F's output if it comes first, else with the decoder's rebuilt output
+once the decode policy allows, else with an error at its deadline. Every member is answered exactly once.
+
+Everything runs on one event loop; ``submit`` must be called on that loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import OrchestratorConfig
+from .contract import (
+    DECODER_AVAILABLE_INPUT,
+    DECODER_OUTPUT,
+    DECODER_OUTPUTS_INPUT,
+    DECODER_PARITY_INPUT,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+)
+from .errors import OrchestratorError, TargetError
+from .groups import (
+    Answer,
+    AnswerSource,
+    CodingGroup,
+    FillerCache,
+    Member,
+    Slot,
+    Tensors,
+    decode_allowed,
+)
+from .stats import DispatcherStats
+from .tensors import all_finite, group_key
+
+logger = logging.getLogger(__name__)
+
+
+class Target(Protocol):
+    """A model the orchestrator calls: a Triton model over BLS in production, anything async in tests.
+
+    Kept an interface so a target can later live on another Triton server (gRPC) without touching the core.
+    """
+
+    name: str
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> Tensors:
+        """Runs the model; raises ``TargetError`` when it answers with an error."""
+        ...
+
+
+class CodedDispatcher:
+    """Forms coding groups, fans queries out to targets and answers every request exactly once."""
+
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        f_targets: Sequence[Target],
+        parity_targets: Sequence[Target],
+        encoder: Target,
+        decoder: Target,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        if len(parity_targets) != config.r:
+            raise OrchestratorError(f"expected {config.r} parity targets, got {len(parity_targets)}")
+        self._config = config
+        self._f_targets = list(f_targets)
+        self._parity_targets = list(parity_targets)
+        self._encoder = encoder
+        self._decoder = decoder
+        self._loop = loop
+        self._open: dict[tuple, CodingGroup] = {}
+        self._fillers = FillerCache(config.filler_cache_size)
+        self._pending: dict[int, Member] = {}
+        self._timers: dict[int, list[asyncio.TimerHandle]] = {}
+        self._groups_of: dict[int, CodingGroup] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._ids = itertools.count()
+        self._closed = False
+        self.stats = DispatcherStats()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests accepted and not yet answered."""
+        return len(self._pending)
+
+    def submit(self, inputs: Tensors, reply: Callable[[Answer], None]) -> None:
+        """Accepts one validated request; ``reply`` is called exactly once, on the loop thread."""
+        request_id = next(self._ids)
+        member = Member(request_id, inputs, self._loop.time(), lambda answer: self._deliver(request_id, answer, reply))
+        self.stats.requests += 1
+        if self._closed:
+            member.answer(Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
+            return
+        self._pending[request_id] = member
+        timers = [self._loop.call_later(self._config.request_timeout_ms / 1000, self._expire, member)]
+        self._timers[request_id] = timers
+        if not all_finite(inputs):
+            self.stats.uncoded_requests += 1
+            self._spawn(self._run_original(None, Slot(0, inputs, member), self._f_targets[0]))
+            return
+        group, slot = self._join_group(member)
+        member_target = self._f_targets[slot.index % len(self._f_targets)]
+        self._spawn(self._run_original(group, slot, member_target))
+        if self._config.decode_after_ms > 0:
+            timers.append(self._loop.call_later(self._config.decode_after_ms / 1000, self._try_decode, group))
+        if group.full:
+            self.stats.groups_full += 1
+            self._close(group)
+
+    async def close(self) -> None:
+        """Answers every request still in flight with an error and cancels outstanding work; idempotent."""
+        self._closed = True
+        for member in list(self._pending.values()):
+            member.answer(Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _join_group(self, member: Member) -> tuple[CodingGroup, Slot]:
+        key = group_key(member.inputs)
+        group = self._open.get(key)
+        if group is None:
+            group = CodingGroup(key=key, k=self._config.k, r=self._config.r)
+            self._open[key] = group
+            self._loop.call_later(self._config.fill_timeout_ms / 1000, self._close, group)
+        slot = group.add(member.inputs, member)
+        self._groups_of[member.request_id] = group
+        return group, slot
+
+    def _close(self, group: CodingGroup) -> None:
+        """Closes a group: completes it with fillers if it is not full, then sends its parity."""
+        if group.closed:
+            return
+        if self._open.get(group.key) is group:
+            del self._open[group.key]
+        if all(member.answered for member in group.members):
+            group.closed = True
+            self.stats.groups_unneeded += 1
+            return
+        if not group.full:
+            filler = self._fillers.take(group.slots[0].inputs)
+            if filler is None:
+                group.closed = True
+                self.stats.groups_unprotected += 1
+                self._fail_unrecoverable(group)
+                return
+            self.stats.groups_filled += 1
+            while not group.full:
+                group.add(filler[0], None, outputs=filler[1])
+        group.closed = True
+        group.parity_sent = True
+        self._spawn(self._run_parity(group))
+
+    async def _run_original(self, group: CodingGroup | None, slot: Slot, target: Target) -> None:
+        member = slot.member
+        assert member is not None
+        try:
+            outputs = await target.infer(slot.inputs, self._config.output_names)
+        except TargetError as error:
+            self.stats.original_failures += 1
+            slot.failure = str(error)
+            reason = "it is not coded" if group is None else group.unrecoverable_reason()
+            if reason is not None:
+                member.answer(Answer(AnswerSource.ERROR, error=f"{error}; no rebuild possible: {reason}"))
+            elif group is not None:
+                self._try_decode(group)
+            return
+        slot.outputs = outputs
+        if member.source is AnswerSource.REBUILT and member.rebuilt is not None:
+            self.stats.record_fidelity(member.rebuilt, outputs)
+        member.answer(Answer(AnswerSource.ORIGINAL, outputs))
+        self._fillers.add(slot.inputs, outputs)
+        if group is not None:
+            self._try_decode(group)
+
+    async def _run_parity(self, group: CodingGroup) -> None:
+        try:
+            encoded = await asyncio.gather(
+                *(
+                    self._encoder.infer(
+                        {ENCODER_INPUT: np.stack([s.inputs[name] for s in group.slots])}, [ENCODER_OUTPUT]
+                    )
+                    for name in group.slots[0].inputs
+                )
+            )
+            parity_queries = {
+                name: result[ENCODER_OUTPUT] for name, result in zip(group.slots[0].inputs, encoded, strict=True)
+            }
+            outputs = await asyncio.gather(
+                *(
+                    target.infer({name: q[j] for name, q in parity_queries.items()}, self._config.output_names)
+                    for j, target in enumerate(self._parity_targets)
+                )
+            )
+        except TargetError as error:
+            self.stats.parity_failures += 1
+            group.parity_failure = str(error)
+            self._fail_unrecoverable(group)
+            return
+        group.parity_outputs = list(outputs)
+        self._try_decode(group)
+
+    def _try_decode(self, group: CodingGroup) -> None:
+        """Starts a decode when the code can rebuild a missing answer and the policy allows it."""
+        if group.decoding or not group.can_decode():
+            return
+        now = self._loop.time()
+        decode_after = self._config.decode_after_ms / 1000
+        if not any(
+            slot.member is not None
+            and not slot.member.answered
+            and decode_allowed(now, slot.member, slot, decode_after)
+            for slot in group.erased()
+        ):
+            return
+        group.decoding = True
+        self._spawn(self._run_decode(group))
+
+    async def _run_decode(self, group: CodingGroup) -> None:
+        erased = group.erased()
+        try:
+            results = await asyncio.gather(
+                *(
+                    self._decoder.infer(self._decoder_inputs(group, name), [DECODER_OUTPUT])
+                    for name in self._config.output_names
+                )
+            )
+        except TargetError as error:
+            self.stats.decode_failures += 1
+            logger.warning("decode failed, members wait for F or their deadline: %s", error)
+            return
+        finally:
+            group.decoding = False
+        decoded = {
+            name: result[DECODER_OUTPUT] for name, result in zip(self._config.output_names, results, strict=True)
+        }
+        now = self._loop.time()
+        decode_after = self._config.decode_after_ms / 1000
+        for slot in erased:
+            member = slot.member
+            if member is None or member.answered or not decode_allowed(now, member, slot, decode_after):
+                continue
+            member.answer(Answer(AnswerSource.REBUILT, {name: decoded[name][slot.index] for name in decoded}))
+        self._try_decode(group)
+
+    def _decoder_inputs(self, group: CodingGroup, name: str) -> Tensors:
+        parity = np.stack([outputs[name] for outputs in group.parity_outputs if outputs is not None])
+        template = np.zeros_like(parity[0])
+        return {
+            DECODER_PARITY_INPUT: parity,
+            DECODER_OUTPUTS_INPUT: np.stack(
+                [template if slot.outputs is None else slot.outputs[name] for slot in group.slots]
+            ),
+            DECODER_AVAILABLE_INPUT: np.array(
+                [0.0 if slot.outputs is None else 1.0 for slot in group.slots], dtype=np.float32
+            ),
+        }
+
+    def _fail_unrecoverable(self, group: CodingGroup) -> None:
+        """Members whose F already failed get their error now, once the group can no longer rebuild them."""
+        reason = group.unrecoverable_reason()
+        if reason is None:
+            return
+        for slot in group.slots:
+            if slot.member is not None and slot.failure is not None:
+                slot.member.answer(Answer(AnswerSource.ERROR, error=f"{slot.failure}; no rebuild possible: {reason}"))
+
+    def _expire(self, member: Member) -> None:
+        if member.answered:
+            return
+        self.stats.deadline_misses += 1
+        group = self._groups_of.get(member.request_id)
+        reason = group.unrecoverable_reason() if group is not None else "it was not coded"
+        detail = f" and could not be rebuilt: {reason}" if reason else " and the code has not rebuilt it yet"
+        message = f"no answer within request_timeout_ms={self._config.request_timeout_ms:g}: F did not answer{detail}"
+        member.answer(Answer(AnswerSource.ERROR, error=message))
+
+    def _deliver(self, request_id: int, answer: Answer, reply: Callable[[Answer], None]) -> None:
+        self._pending.pop(request_id, None)
+        self._groups_of.pop(request_id, None)
+        for timer in self._timers.pop(request_id, []):
+            timer.cancel()
+        self.stats.answers[answer.source] += 1
+        try:
+            reply(answer)
+        except Exception:
+            logger.exception("sending the answer of request %d failed", request_id)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("orchestrator task crashed", exc_info=task.exception())

@@ -1,0 +1,172 @@
+"""Coding groups: which queries are coded together, what has arrived, and when a missing answer can be rebuilt.
+
+Pure bookkeeping with no asyncio and no Triton, so every rule here is unit-testable on its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+
+
+class AnswerSource(Enum):
+    """Where a client's answer came from."""
+
+    ORIGINAL = "original"
+    REBUILT = "rebuilt"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The one answer a request gets: F's outputs, rebuilt outputs (flagged), or an error message."""
+
+    source: AnswerSource
+    outputs: Tensors | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Member:
+    """One client request inside the orchestrator; ``answer`` guarantees it is answered exactly once."""
+
+    request_id: int
+    inputs: Tensors
+    arrival: float
+    reply: Callable[[Answer], None]
+    source: AnswerSource | None = None
+    rebuilt: Tensors | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.source is not None
+
+    def answer(self, answer: Answer) -> bool:
+        """Sends ``answer`` unless one was already sent; returns whether it was sent."""
+        if self.answered:
+            return False
+        self.source = answer.source
+        if answer.source is AnswerSource.REBUILT:
+            self.rebuilt = answer.outputs
+        self.reply(answer)
+        return True
+
+
+@dataclass(eq=False)
+class Slot:
+    """One of the k positions of a group: a client's query, or a filler whose F output is already known."""
+
+    index: int
+    inputs: Tensors
+    member: Member | None
+    outputs: Tensors | None = None
+    failure: str | None = None
+
+    @property
+    def is_filler(self) -> bool:
+        return self.member is None
+
+
+@dataclass(eq=False)
+class CodingGroup:
+    """k slots coded together into r parity queries."""
+
+    key: tuple
+    k: int
+    r: int
+    slots: list[Slot] = field(default_factory=list)
+    parity_outputs: list[Tensors | None] = field(default_factory=list)
+    parity_failure: str | None = None
+    parity_sent: bool = False
+    closed: bool = False
+    decoding: bool = False
+
+    def __post_init__(self) -> None:
+        self.parity_outputs = [None] * self.r
+
+    @property
+    def full(self) -> bool:
+        return len(self.slots) == self.k
+
+    @property
+    def members(self) -> list[Member]:
+        return [slot.member for slot in self.slots if slot.member is not None]
+
+    def add(self, inputs: Tensors, member: Member | None, outputs: Tensors | None = None) -> Slot:
+        if self.closed or self.full:
+            raise RuntimeError("cannot add to a closed or full coding group")
+        slot = Slot(index=len(self.slots), inputs=inputs, member=member, outputs=outputs)
+        self.slots.append(slot)
+        return slot
+
+    @property
+    def parity_ready(self) -> bool:
+        return all(out is not None for out in self.parity_outputs)
+
+    def erased(self) -> list[Slot]:
+        """Slots whose F output is not (yet) here: late or failed."""
+        return [slot for slot in self.slots if slot.outputs is None]
+
+    def can_decode(self) -> bool:
+        """The code rebuilds up to r missing outputs once every parity output has arrived."""
+        return self.closed and self.parity_ready and 1 <= len(self.erased()) <= self.r
+
+    def unrecoverable_reason(self) -> str | None:
+        """Why this group can never rebuild a missing answer, or None while it still might."""
+        if self.closed and not self.parity_sent:
+            return "its coding group was closed without a parity (no filler query was known yet)"
+        if self.parity_failure is not None:
+            return f"the parity computation failed ({self.parity_failure})"
+        failed = sum(slot.failure is not None for slot in self.slots)
+        if failed > self.r:
+            return f"{failed} members of its coding group failed and the code rebuilds at most {self.r}"
+        return None
+
+
+def decode_allowed(now: float, member: Member, slot: Slot, decode_after: float) -> bool:
+    """The decode policy: rebuild at once when F failed, else once F had ``decode_after`` seconds to answer.
+
+    ``decode_after = 0`` is ParM's policy (use whichever result comes first).
+    """
+    return slot.failure is not None or now - member.arrival >= decode_after
+
+
+class FillerCache:
+    """Recent (query row, F output row) pairs whose F output is known.
+
+    A group that does not fill in time is completed with such rows: their outputs are known, so their terms cancel
+    in decoding and the parity still protects the real members. At low load this is what gives every request a
+    parity (see DESIGN.md, "Partial groups").
+    """
+
+    def __init__(self, size: int) -> None:
+        self._rows: deque[tuple[Tensors, Tensors]] = deque(maxlen=size)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        batch = next(iter(inputs.values())).shape[0]
+        for row in range(batch):
+            self._rows.append(({n: a[row] for n, a in inputs.items()}, {n: a[row] for n, a in outputs.items()}))
+
+    def take(self, like: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors] | None:
+        """A filler batch shaped like ``like`` (same batch size and row shapes), newest rows first, or None."""
+        batch = next(iter(like.values())).shape[0]
+        rows = [
+            row
+            for row in reversed(self._rows)
+            if row[0].keys() == like.keys() and all(row[0][n].shape == a.shape[1:] for n, a in like.items())
+        ]
+        if not rows:
+            return None
+        chosen = [rows[i % len(rows)] for i in range(batch)]
+        inputs = {name: np.stack([row[0][name] for row in chosen]) for name in like}
+        outputs = {name: np.stack([row[1][name] for row in chosen]) for name in chosen[0][1]}
+        return inputs, outputs

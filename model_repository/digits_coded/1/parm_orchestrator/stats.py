@@ -1,0 +1,40 @@
+"""Counters of what the orchestrator did, read by the adapter (metrics) and by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .groups import AnswerSource, Tensors
+
+
+@dataclass
+class DispatcherStats:
+    """Plain counters; the orchestrator runs on one event-loop thread, so no locking is needed."""
+
+    requests: int = 0
+    answers: dict[AnswerSource, int] = field(default_factory=lambda: dict.fromkeys(AnswerSource, 0))
+    deadline_misses: int = 0
+    uncoded_requests: int = 0
+    groups_full: int = 0
+    groups_filled: int = 0
+    groups_unprotected: int = 0
+    groups_unneeded: int = 0
+    original_failures: int = 0
+    parity_failures: int = 0
+    decode_failures: int = 0
+    fidelity_samples: int = 0
+    fidelity_argmax_agree: int = 0
+    fidelity_relative_error_sum: float = 0.0
+
+    def record_fidelity(self, rebuilt: Tensors, original: Tensors) -> None:
+        """Compares a rebuilt answer with F's own, which arrived late: the live accuracy of the code."""
+        for name, truth in original.items():
+            estimate = rebuilt[name]
+            rows = truth.reshape(truth.shape[0], -1).astype(np.float64)
+            guess = estimate.reshape(estimate.shape[0], -1).astype(np.float64)
+            self.fidelity_samples += rows.shape[0]
+            self.fidelity_argmax_agree += int((rows.argmax(axis=1) == guess.argmax(axis=1)).sum())
+            norms = np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
+            self.fidelity_relative_error_sum += float((np.linalg.norm(rows - guess, axis=1) / norms).sum())
