@@ -1,0 +1,92 @@
+"""The committed model repository is exactly what the typed spec generates, and deployable as it stands."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from parm.backend.orchestrator import TensorSpec
+from parm.export.models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE
+from parm.export.repository import (
+    BACKEND_SOURCE,
+    ORCHESTRATOR_PACKAGE,
+    CodedDeployment,
+    model_configs,
+    orchestrator_config,
+    read_config,
+)
+from parm.jobs import F_NAME, MAX_BATCH_SIZE
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+DEPLOYMENT = CodedDeployment(
+    name=F_NAME,
+    inputs=(TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE),),
+    outputs=(TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,)),),
+    max_batch_size=MAX_BATCH_SIZE,
+)
+EXPECTED = model_configs(DEPLOYMENT)
+
+_ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.BOOL: "TYPE_BOOL"}
+
+
+def test_the_repository_holds_exactly_the_specified_models():
+    committed = sorted(p.name for p in REPOSITORY.iterdir() if p.is_dir())
+    assert committed == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_committed_config_is_what_the_spec_generates(name):
+    assert read_config(REPOSITORY / name / "config.pbtxt") == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_model_runs_on_any_device_kind(name):
+    config = read_config(REPOSITORY / name / "config.pbtxt")
+    assert [group.kind for group in config.instance_group] == [mc.ModelInstanceGroup.Kind.KIND_AUTO]
+
+
+def test_f_is_never_dynamically_batched_so_group_members_keep_separate_failure_domains():
+    assert not read_config(REPOSITORY / F_NAME / "config.pbtxt").HasField("dynamic_batching")
+
+
+def test_coded_config_is_a_valid_orchestrator_config():
+    config = orchestrator_config(read_config(REPOSITORY / DEPLOYMENT.names.coded / "config.pbtxt"))
+    assert config.f_models == (F_NAME,)
+    assert config.parity_models == (DEPLOYMENT.names.parity,)
+    assert [spec.name for spec in config.inputs] == [DIGITS_INPUT]
+
+
+@pytest.mark.parametrize("name", [n for n, c in EXPECTED.items() if c.backend == "onnxruntime"])
+def test_onnx_models_are_self_contained_and_match_their_configs(name):
+    path = REPOSITORY / name / "1" / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(model)
+    assert not any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer), (
+        f"{path} refers to an external data file"
+    )
+    config = EXPECTED[name]
+    batch = [-1] if config.max_batch_size > 0 else []
+    for declared, graph in ((config.input, model.graph.input), (config.output, model.graph.output)):
+        graph_tensors = {t.name: t.type.tensor_type for t in graph}
+        assert sorted(graph_tensors) == sorted(t.name for t in declared)
+        for tensor in declared:
+            graph_type = graph_tensors[tensor.name]
+            assert _ONNX_TO_TRITON[graph_type.elem_type] == mc.DataType.Name(tensor.data_type)
+            assert len(graph_type.shape.dim) == len(batch) + len(tensor.dims)
+
+
+def test_the_repository_carries_the_current_orchestrator_code():
+    version_dir = REPOSITORY / DEPLOYMENT.names.coded / "1"
+    assert filecmp.cmp(version_dir / "model.py", BACKEND_SOURCE / "triton_model.py", shallow=False)
+    source = BACKEND_SOURCE / "orchestrator"
+    copied = version_dir / ORCHESTRATOR_PACKAGE
+    source_files = sorted(p.name for p in source.glob("*.py"))
+    assert sorted(p.name for p in copied.glob("*.py")) == source_files
+    _, mismatch, errors = filecmp.cmpfiles(source, copied, source_files, shallow=False)
+    assert not mismatch and not errors, f"stale copies {mismatch}: run `parm export` to rewrite the repository"
