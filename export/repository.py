@@ -79,6 +79,7 @@ class CodedDeployment:
     request_timeout_ms: float = 1000.0
     fill_timeout_ms: float = 5.0
     filler_cache_size: int = 64
+    max_in_flight: int = 1024
 
     def __post_init__(self) -> None:
         if len(self.inputs) != 1 or len(self.outputs) != 1:
@@ -104,6 +105,7 @@ class CodedDeployment:
             "request_timeout_ms": f"{self.request_timeout_ms:g}",
             "fill_timeout_ms": f"{self.fill_timeout_ms:g}",
             "filler_cache_size": str(self.filler_cache_size),
+            "max_in_flight": str(self.max_in_flight),
         }
 
 
@@ -174,6 +176,26 @@ def write_repository(out_dir: Path, deployment: CodedDeployment, onnx_files: dic
         else:
             install_orchestrator(version_dir)
     return out_dir
+
+
+def f_model_config(deployment: CodedDeployment, name: str, instances: int) -> mc.ModelConfig:
+    """F's own config under another model name and instance count, without the code: the models baselines call
+    (e.g. ``<f>_equal``, F alone with as many instances as the coded deployment uses in total)."""
+    if instances < 1:
+        raise ValueError(f"model '{name}' needs at least one instance, got {instances}")
+    return _onnx_config(name, deployment.inputs, deployment.outputs, deployment.max_batch_size, instances)
+
+
+def write_f_model(out_dir: Path, deployment: CodedDeployment, name: str, instances: int, onnx_file: Path) -> Path:
+    """Writes (or rewrites) one F-only model (``f_model_config``) into the repository ``out_dir``."""
+    config = f_model_config(deployment, name, instances)
+    model_dir = out_dir / name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    shutil.copyfile(onnx_file, model_dir / "1" / "model.onnx")
+    return model_dir
 
 
 def install_orchestrator(version_dir: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -92,6 +93,16 @@ class CodedDispatcher:
         """Requests accepted and not yet answered."""
         return len(self._pending)
 
+    @property
+    def in_flight_groups(self) -> int:
+        """Coding groups with at least one member not yet answered."""
+        return len({id(group) for group in self._groups_of.values()})
+
+    @property
+    def open_groups(self) -> int:
+        """Groups still forming (waiting for members or for the fill timeout)."""
+        return len(self._open)
+
     def submit(self, inputs: Tensors, reply: Callable[[Answer], None]) -> None:
         """Accepts one validated request; ``reply`` is called exactly once, on the loop thread."""
         request_id = next(self._ids)
@@ -99,6 +110,16 @@ class CodedDispatcher:
         self.stats.requests += 1
         if self._closed:
             member.answer(Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
+            return
+        if len(self._pending) >= self._config.max_in_flight:
+            self.stats.shed_requests += 1
+            member.answer(
+                Answer(
+                    AnswerSource.ERROR,
+                    error=f"overloaded: {len(self._pending)} requests in flight (max_in_flight="
+                    f"{self._config.max_in_flight}); request shed, retry later",
+                )
+            )
             return
         self._pending[request_id] = member
         timers = [self._loop.call_later(self._config.request_timeout_ms / 1000, self._expire, member)]
@@ -159,6 +180,9 @@ class CodedDispatcher:
                 group.add(filler[0], None, outputs=filler[1])
         group.closed = True
         group.parity_sent = True
+        real = len(group.members)
+        self.stats.group_members_real += real
+        self.stats.group_members_filler += group.k - real
         self._spawn(self._run_parity(group))
 
     async def _run_original(self, group: CodingGroup | None, slot: Slot, target: Target) -> None:
@@ -184,6 +208,7 @@ class CodedDispatcher:
             self._try_decode(group)
 
     async def _run_parity(self, group: CodingGroup) -> None:
+        started = time.perf_counter()
         try:
             encoded = await asyncio.gather(
                 *(
@@ -193,6 +218,7 @@ class CodedDispatcher:
                     for name in group.slots[0].inputs
                 )
             )
+            self.stats.encode_seconds.append(time.perf_counter() - started)
             parity_queries = {
                 name: result[ENCODER_OUTPUT] for name, result in zip(group.slots[0].inputs, encoded, strict=True)
             }
@@ -228,6 +254,7 @@ class CodedDispatcher:
 
     async def _run_decode(self, group: CodingGroup) -> None:
         erased = group.erased()
+        started = time.perf_counter()
         try:
             results = await asyncio.gather(
                 *(
@@ -241,6 +268,7 @@ class CodedDispatcher:
             return
         finally:
             group.decoding = False
+        self.stats.decode_seconds.append(time.perf_counter() - started)
         decoded = {
             name: result[DECODER_OUTPUT] for name, result in zip(self._config.output_names, results, strict=True)
         }

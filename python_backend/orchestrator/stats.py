@@ -14,6 +14,7 @@ class DispatcherStats:
     """Plain counters; the orchestrator runs on one event-loop thread, so no locking is needed."""
 
     requests: int = 0
+    shed_requests: int = 0
     answers: dict[AnswerSource, int] = field(default_factory=lambda: dict.fromkeys(AnswerSource, 0))
     deadline_misses: int = 0
     uncoded_requests: int = 0
@@ -21,12 +22,22 @@ class DispatcherStats:
     groups_filled: int = 0
     groups_unprotected: int = 0
     groups_unneeded: int = 0
+    group_members_real: int = 0
+    group_members_filler: int = 0
     original_failures: int = 0
     parity_failures: int = 0
     decode_failures: int = 0
     fidelity_samples: int = 0
     fidelity_argmax_agree: int = 0
     fidelity_relative_error_sum: float = 0.0
+    encode_seconds: list[float] = field(default_factory=list)
+    decode_seconds: list[float] = field(default_factory=list)
+
+    def drain_timings(self) -> tuple[list[float], list[float]]:
+        """Encode and decode durations recorded since the last call (the metrics exporter observes them)."""
+        encode, decode = self.encode_seconds, self.decode_seconds
+        self.encode_seconds, self.decode_seconds = [], []
+        return encode, decode
 
     def record_fidelity(self, rebuilt: Tensors, original: Tensors) -> None:
         """Compares a rebuilt answer with F's own, which arrived late: the live accuracy of the code."""

@@ -28,8 +28,10 @@ from parm_orchestrator import (
     validate_query,
 )
 from parm_orchestrator.contract import RECONSTRUCTED_OUTPUT
+from parm_orchestrator.metrics import MetricsExporter
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+METRICS_PERIOD_S = 0.5
 
 
 class _TritonLogHandler(logging.Handler):
@@ -69,6 +71,28 @@ class BlsTarget:
         return outputs
 
 
+class TritonMetricFactory:
+    """``MetricFactory`` over the Python backend's custom-metrics API (served on Triton's metrics port)."""
+
+    def __init__(self) -> None:
+        self._families = {}
+
+    def _family(self, name, description, kind):
+        if name not in self._families:
+            self._families[name] = pb_utils.MetricFamily(name=name, description=description, kind=kind)
+        return self._families[name]
+
+    def counter(self, name, description, labels):
+        return self._family(name, description, pb_utils.MetricFamily.COUNTER).Metric(labels=dict(labels))
+
+    def gauge(self, name, description, labels):
+        return self._family(name, description, pb_utils.MetricFamily.GAUGE).Metric(labels=dict(labels))
+
+    def histogram(self, name, description, labels, buckets):
+        family = self._family(name, description, pb_utils.MetricFamily.HISTOGRAM)
+        return family.Metric(labels=dict(labels), buckets=list(buckets))
+
+
 def _supports_response_parameters() -> bool:
     """Triton 2.51 refuses ``InferenceResponse(parameters=...)`` with a TypeError; newer servers accept it."""
     try:
@@ -102,6 +126,11 @@ class TritonPythonModel:
             decoder=BlsTarget(config.decoder_model),
             loop=self._loop,
         )
+        self._metric_factory = TritonMetricFactory()
+        self._metrics = MetricsExporter(
+            self._metric_factory, {"model": self._name, "version": str(args["model_version"])}
+        )
+        self._loop.call_soon_threadsafe(self._flush_metrics_periodically)
         self._finalized = False
 
     def execute(self, requests):
@@ -126,6 +155,22 @@ class TritonPythonModel:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+            self._flush_metrics()
+            del self._metrics  # metrics before their families, as the backend requires
+            del self._metric_factory
+
+    def _flush_metrics_periodically(self) -> None:
+        self._flush_metrics()
+        self._loop.call_later(METRICS_PERIOD_S, self._flush_metrics_periodically)
+
+    def _flush_metrics(self) -> None:
+        dispatcher = self._dispatcher
+        try:
+            self._metrics.flush(
+                dispatcher.stats, dispatcher.in_flight, dispatcher.in_flight_groups, dispatcher.open_groups
+            )
+        except Exception as error:  # a metrics failure must never take the endpoint down
+            pb_utils.Logger.log_warn(f"{self._name}: exporting metrics failed: {error}")
 
     def _reply(self, sender, batch: int, answer: Answer) -> None:
         if answer.source is AnswerSource.ERROR:

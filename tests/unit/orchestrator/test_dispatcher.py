@@ -300,3 +300,51 @@ def test_members_of_a_group_go_to_distinct_f_targets_when_there_are_enough(targe
             assert fs[0].calls == 1 and fs[1].calls == 1
 
     run(scenario())
+
+
+def test_beyond_max_in_flight_requests_are_shed_with_a_clear_error_and_others_still_served():
+    async def scenario():
+        h = Harness(max_in_flight=3, request_timeout_ms=2000.0)
+        gates = {m: asyncio.Event() for m in (0.1, 0.2, 0.3)}
+        h.f.hold.update(gates)
+        held = [h.submit(m) for m in (0.1, 0.2, 0.3)]
+        shed = h.submit(0.4)
+        answer = await h.answer(shed)
+        assert answer.source is AnswerSource.ERROR
+        assert "overloaded" in answer.error and "max_in_flight=3" in answer.error
+        for gate in gates.values():
+            gate.set()
+        for request in held:
+            assert (await h.answer(request)).source is AnswerSource.ORIGINAL
+        assert (await h.answer(h.submit(0.5))).source is AnswerSource.ORIGINAL
+        assert h.dispatcher.stats.shed_requests == 1
+        h.assert_exactly_once()
+
+    run(scenario())
+
+
+def test_stats_count_groups_members_and_timings():
+    async def scenario():
+        h = Harness()
+        h.f.hold[0.1] = asyncio.Event()
+        slow, _ = h.submit(0.1), h.submit(0.2)
+        await h.answer(slow)
+        stats = h.dispatcher.stats
+        assert stats.groups_full == 1
+        assert (stats.group_members_real, stats.group_members_filler) == (2, 0)
+        encode, decode = stats.drain_timings()
+        assert len(encode) == 1 and len(decode) == 1
+        assert stats.drain_timings() == ([], [])
+        assert h.dispatcher.in_flight_groups == 0
+        h.f.hold[0.3] = asyncio.Event()
+        h.f.hold[0.4] = asyncio.Event()
+        waiting = [h.submit(0.3), h.submit(0.4)]
+        await h.settle()
+        assert (h.dispatcher.in_flight_groups, h.dispatcher.in_flight) == (1, 2)
+        h.f.hold[0.3].set()
+        h.f.hold[0.4].set()
+        for request in waiting:
+            await h.answer(request)
+        assert h.dispatcher.in_flight_groups == 0
+
+    run(scenario())

@@ -38,6 +38,7 @@ class OrchestratorConfig:
     request_timeout_ms: float = 1000.0
     fill_timeout_ms: float = 5.0
     filler_cache_size: int = 64
+    max_in_flight: int = 1024
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -59,6 +60,8 @@ class OrchestratorConfig:
             raise ConfigError(
                 f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
             )
+        if self.max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.filler_cache_size < 1:
             raise ConfigError(f"filler_cache_size must be >= 1, got {self.filler_cache_size}")
 

@@ -1,0 +1,175 @@
+"""Prometheus metrics of the coded endpoint, exported from the core's counters.
+
+The Python backend's custom-metrics API sends one message to the server per update, so updating on every event
+would put that cost on the request path. Instead ``MetricsExporter.flush`` runs periodically on the orchestrator's
+loop (and once at shutdown) and pushes what changed since the last flush: counter deltas, gauge values and the
+encode/decode durations recorded meanwhile. The ``MetricFactory`` is the seam to Triton (``pb_utils.MetricFamily``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from .groups import AnswerSource
+from .stats import DispatcherStats
+
+DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Counter(Protocol):
+    def increment(self, value: float) -> None: ...
+
+
+class Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class Histogram(Protocol):
+    def observe(self, value: float) -> None: ...
+
+
+class MetricFactory(Protocol):
+    """Creates one labelled metric; families with the same name share one description."""
+
+    def counter(self, name: str, description: str, labels: Mapping[str, str]) -> Counter: ...
+
+    def gauge(self, name: str, description: str, labels: Mapping[str, str]) -> Gauge: ...
+
+    def histogram(
+        self, name: str, description: str, labels: Mapping[str, str], buckets: tuple[float, ...]
+    ) -> Histogram: ...
+
+
+@dataclass(frozen=True)
+class _CounterSpec:
+    name: str
+    description: str
+    labels: Mapping[str, str]
+    read: Callable[[DispatcherStats], float]
+
+
+def _counter_specs() -> list[_CounterSpec]:
+    specs = [
+        _CounterSpec("parm_requests_total", "Requests received by the coded endpoint", {}, lambda s: s.requests),
+        _CounterSpec(
+            "parm_deadline_misses_total",
+            "Requests answered with an error at request_timeout_ms (neither F nor the code answered)",
+            {},
+            lambda s: s.deadline_misses,
+        ),
+        _CounterSpec(
+            "parm_shed_requests_total",
+            "Requests refused at once because max_in_flight requests were already in flight",
+            {},
+            lambda s: s.shed_requests,
+        ),
+        _CounterSpec(
+            "parm_uncoded_requests_total",
+            "Requests served by F alone, never coded (NaN/Inf in the query)",
+            {},
+            lambda s: s.uncoded_requests,
+        ),
+        _CounterSpec(
+            "parm_fidelity_comparisons_total",
+            "Rebuilt query rows later compared with F's own late answer",
+            {},
+            lambda s: s.fidelity_samples,
+        ),
+        _CounterSpec(
+            "parm_fidelity_argmax_agreements_total",
+            "Compared rows whose rebuilt argmax equals F's own argmax",
+            {},
+            lambda s: s.fidelity_argmax_agree,
+        ),
+        _CounterSpec(
+            "parm_fidelity_relative_error_sum",
+            "Sum over compared rows of ||rebuilt - F|| / ||F||; divide by parm_fidelity_comparisons_total",
+            {},
+            lambda s: s.fidelity_relative_error_sum,
+        ),
+    ]
+    for source in AnswerSource:
+        specs.append(
+            _CounterSpec(
+                "parm_answers_total",
+                "Answers sent, by source: F's own (original), rebuilt by the code, or an error",
+                {"source": source.value},
+                lambda s, source=source: s.answers[source],
+            )
+        )
+    for fill, field in (
+        ("full", "groups_full"),
+        ("filled", "groups_filled"),
+        ("unneeded", "groups_unneeded"),
+        ("unprotected", "groups_unprotected"),
+    ):
+        specs.append(
+            _CounterSpec(
+                "parm_groups_total",
+                "Coding groups closed: full (k requests), filled (completed with fillers), unneeded (every member "
+                "already answered, no parity sent), unprotected (no filler known, no parity)",
+                {"fill": fill},
+                lambda s, field=field: getattr(s, field),
+            )
+        )
+    for kind, field in (("real", "group_members_real"), ("filler", "group_members_filler")):
+        specs.append(
+            _CounterSpec(
+                "parm_group_members_total",
+                "Slots of coding groups that sent a parity: client requests (real) or fillers",
+                {"kind": kind},
+                lambda s, field=field: getattr(s, field),
+            )
+        )
+    for role, field in (
+        ("original", "original_failures"),
+        ("parity", "parity_failures"),
+        ("decode", "decode_failures"),
+    ):
+        specs.append(
+            _CounterSpec(
+                "parm_target_failures_total",
+                "Downstream calls that failed: F on an original, the encoder or parity model, the decoder",
+                {"role": role},
+                lambda s, field=field: getattr(s, field),
+            )
+        )
+    return specs
+
+
+class MetricsExporter:
+    """Pushes a dispatcher's counters to Prometheus metrics, as deltas since the previous flush."""
+
+    def __init__(self, factory: MetricFactory, labels: Mapping[str, str]) -> None:
+        self._counters = [
+            (spec, factory.counter(spec.name, spec.description, {**labels, **spec.labels})) for spec in _counter_specs()
+        ]
+        self._last = [0.0] * len(self._counters)
+        self._in_flight = factory.gauge("parm_in_flight_requests", "Requests accepted and not yet answered", labels)
+        self._in_flight_groups = factory.gauge(
+            "parm_in_flight_groups", "Coding groups with a member not yet answered", labels
+        )
+        self._open_groups = factory.gauge("parm_open_groups", "Coding groups still forming", labels)
+        self._encode = factory.histogram(
+            "parm_encode_seconds", "Time to encode a group and run its parity model(s)", labels, DURATION_BUCKETS
+        )
+        self._decode = factory.histogram(
+            "parm_decode_seconds", "Time to decode a group's missing answers", labels, DURATION_BUCKETS
+        )
+
+    def flush(self, stats: DispatcherStats, in_flight: int, in_flight_groups: int, open_groups: int) -> None:
+        for index, (spec, counter) in enumerate(self._counters):
+            value = float(spec.read(stats))
+            if value > self._last[index]:
+                counter.increment(value - self._last[index])
+                self._last[index] = value
+        self._in_flight.set(in_flight)
+        self._in_flight_groups.set(in_flight_groups)
+        self._open_groups.set(open_groups)
+        encode, decode = stats.drain_timings()
+        for seconds in encode:
+            self._encode.observe(seconds)
+        for seconds in decode:
+            self._decode.observe(seconds)
