@@ -80,6 +80,8 @@ class CodedDeployment:
     fill_timeout_ms: float = 5.0
     filler_cache_size: int = 64
     max_in_flight: int = 1024
+    max_parity_in_flight: int = 8
+    parity_cooldown_ms: float = 5000.0
 
     def __post_init__(self) -> None:
         if len(self.inputs) != 1 or len(self.outputs) != 1:
@@ -106,6 +108,8 @@ class CodedDeployment:
             "fill_timeout_ms": f"{self.fill_timeout_ms:g}",
             "filler_cache_size": str(self.filler_cache_size),
             "max_in_flight": str(self.max_in_flight),
+            "max_parity_in_flight": str(self.max_parity_in_flight),
+            "parity_cooldown_ms": f"{self.parity_cooldown_ms:g}",
         }
 
 

@@ -39,6 +39,8 @@ class OrchestratorConfig:
     fill_timeout_ms: float = 5.0
     filler_cache_size: int = 64
     max_in_flight: int = 1024
+    max_parity_in_flight: int = 8
+    parity_cooldown_ms: float = 5000.0
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -53,15 +55,16 @@ class OrchestratorConfig:
             raise ConfigError(f"the coded endpoint needs max_batch_size >= 1, got {self.max_batch_size}")
         if not self.inputs or not self.outputs:
             raise ConfigError("the coded endpoint needs at least one input and one output besides the flag")
-        for name in ("decode_after_ms", "fill_timeout_ms", "request_timeout_ms"):
+        for name in ("decode_after_ms", "fill_timeout_ms", "request_timeout_ms", "parity_cooldown_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.request_timeout_ms <= self.decode_after_ms:
             raise ConfigError(
                 f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
             )
-        if self.max_in_flight < 1:
-            raise ConfigError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        for name in ("max_in_flight", "max_parity_in_flight"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.filler_cache_size < 1:
             raise ConfigError(f"filler_cache_size must be >= 1, got {self.filler_cache_size}")
 

@@ -86,6 +86,9 @@ class CodedDispatcher:
         self._tasks: set[asyncio.Task] = set()
         self._ids = itertools.count()
         self._closed = False
+        self._parity_in_flight = 0
+        self._parity_down_until = float("-inf")
+        self._parity_failures_in_row = 0
         self.stats = DispatcherStats()
 
     @property
@@ -168,13 +171,15 @@ class CodedDispatcher:
             group.closed = True
             self.stats.groups_unneeded += 1
             return
-        if not group.full:
-            filler = self._fillers.take(group.slots[0].inputs)
-            if filler is None:
-                group.closed = True
-                self.stats.groups_unprotected += 1
-                self._fail_unrecoverable(group)
-                return
+        filler = None if group.full else self._fillers.take(group.slots[0].inputs)
+        reason = self._no_parity_reason(group, filler is not None)
+        if reason is not None:
+            group.closed = True
+            group.no_parity_reason = reason
+            self.stats.groups_unprotected += 1
+            self._fail_unrecoverable(group)
+            return
+        if filler is not None:
             self.stats.groups_filled += 1
             while not group.full:
                 group.add(filler[0], None, outputs=filler[1])
@@ -183,7 +188,33 @@ class CodedDispatcher:
         real = len(group.members)
         self.stats.group_members_real += real
         self.stats.group_members_filler += group.k - real
+        self._parity_in_flight += 1
         self._spawn(self._run_parity(group))
+
+    def _open_parity_breaker(self, error: TargetError) -> None:
+        """Stops sending parities for a while after a failure, doubling the pause while failures repeat.
+
+        A call to a dead instance can take the backend about a second to fail, and holds other calls meanwhile:
+        probing a dead parity model often would cost F's own answers.
+        """
+        if self._loop.time() < self._parity_down_until:
+            return
+        self._parity_failures_in_row += 1
+        cooldown = self._config.parity_cooldown_ms * 2 ** min(self._parity_failures_in_row - 1, 5) / 1000
+        self._parity_down_until = self._loop.time() + cooldown
+        logger.warning("parity path failed, no parity for %.1f s: %s", cooldown, error)
+
+    def _no_parity_reason(self, group: CodingGroup, filler_known: bool) -> str | None:
+        """Why a closing group must go without a parity, or None when its parity can be sent."""
+        if not group.full and not filler_known:
+            return "no filler query was known yet"
+        if self._loop.time() < self._parity_down_until:
+            return (
+                f"a parity model failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
+            )
+        if self._parity_in_flight >= self._config.max_parity_in_flight:
+            return f"max_parity_in_flight={self._config.max_parity_in_flight} parity computations already running"
+        return None
 
     async def _run_original(self, group: CodingGroup | None, slot: Slot, target: Target) -> None:
         member = slot.member
@@ -231,8 +262,15 @@ class CodedDispatcher:
         except TargetError as error:
             self.stats.parity_failures += 1
             group.parity_failure = str(error)
+            if self._loop.time() >= self._parity_down_until:
+                logger.warning(
+                    "parity path failed, pausing parities for %g ms: %s", self._config.parity_cooldown_ms, error
+                )
+            self._parity_down_until = self._loop.time() + self._config.parity_cooldown_ms / 1000
             self._fail_unrecoverable(group)
             return
+        finally:
+            self._parity_in_flight -= 1
         group.parity_outputs = list(outputs)
         self._try_decode(group)
 

@@ -348,3 +348,46 @@ def test_stats_count_groups_members_and_timings():
         assert h.dispatcher.in_flight_groups == 0
 
     run(scenario())
+
+
+def test_a_failed_parity_model_is_left_alone_for_its_cooldown():
+    async def scenario():
+        parity = LinearF("f_parity")
+        parity.fail.add(round(0.1 + 0.2, 6))  # the parity query of the first group is the sum of its members
+        h = Harness(parity=parity, parity_cooldown_ms=150.0, request_timeout_ms=100.0)
+        for request in (h.submit(0.1), h.submit(0.2)):
+            assert (await h.answer(request)).source is AnswerSource.ORIGINAL
+        await h.settle(0.02)
+        assert h.dispatcher.stats.parity_failures == 1
+        calls = parity.calls
+        h.f.hold[0.3] = asyncio.Event()
+        during = [h.submit(0.3), h.submit(0.4)]
+        answer = await h.answer(during[0])
+        assert answer.source is AnswerSource.ERROR
+        assert "parity_cooldown_ms=150" in answer.error
+        assert parity.calls == calls, "no parity is sent while the breaker is open"
+        await asyncio.sleep(0.2)
+        h.f.hold[0.5] = asyncio.Event()
+        after = [h.submit(0.5), h.submit(0.6)]
+        assert (await h.answer(after[0])).source is AnswerSource.REBUILT
+        h.f.hold[0.3].set()
+
+    run(scenario())
+
+
+def test_parity_computations_in_flight_are_bounded():
+    async def scenario():
+        parity = LinearF("f_parity")
+        gate = asyncio.Event()
+        h = Harness(parity=parity, max_parity_in_flight=1, request_timeout_ms=100.0)
+        parity.hold[round(0.1 + 0.2, 6)] = gate
+        for m in (0.1, 0.2, 0.3, 0.4):
+            h.submit(m)
+        await h.settle(0.02)
+        assert parity.calls == 1
+        assert h.dispatcher.stats.groups_unprotected == 1
+        gate.set()
+        await h.settle(0.02)
+        h.assert_exactly_once()
+
+    run(scenario())

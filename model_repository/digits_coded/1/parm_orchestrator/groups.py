@@ -83,6 +83,7 @@ class CodingGroup:
     slots: list[Slot] = field(default_factory=list)
     parity_outputs: list[Tensors | None] = field(default_factory=list)
     parity_failure: str | None = None
+    no_parity_reason: str | None = None
     parity_sent: bool = False
     closed: bool = False
     decoding: bool = False
@@ -120,7 +121,7 @@ class CodingGroup:
     def unrecoverable_reason(self) -> str | None:
         """Why this group can never rebuild a missing answer, or None while it still might."""
         if self.closed and not self.parity_sent:
-            return "its coding group was closed without a parity (no filler query was known yet)"
+            return f"its coding group was closed without a parity ({self.no_parity_reason})"
         if self.parity_failure is not None:
             return f"the parity computation failed ({self.parity_failure})"
         failed = sum(slot.failure is not None for slot in self.slots)
