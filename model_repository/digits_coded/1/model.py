@@ -10,8 +10,10 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -115,8 +117,14 @@ class TritonPythonModel:
         core_logger.setLevel(logging.INFO)
         self._response_parameters = _supports_response_parameters()
         self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=self._config.bls_threads, thread_name_prefix=f"{self._name}-bls")
+        )
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{self._name}-loop", daemon=True)
         self._thread.start()
+        self._responses: queue.SimpleQueue = queue.SimpleQueue()
+        self._responder = threading.Thread(target=self._send_responses, name=f"{self._name}-send", daemon=True)
+        self._responder.start()
         config = self._config
         self._dispatcher = CodedDispatcher(
             config,
@@ -140,7 +148,7 @@ class TritonPythonModel:
                 inputs = {tensor.name(): tensor.as_numpy().copy() for tensor in request.inputs()}
                 batch = validate_query(inputs, self._config.inputs, self._config.max_batch_size)
             except InvalidQueryError as error:
-                self._send_error(sender, str(error))
+                sender.send(self._error_response(str(error)), flags=_FINAL)
                 continue
             self._loop.call_soon_threadsafe(self._dispatcher.submit, inputs, partial(self._reply, sender, batch))
         return None
@@ -155,6 +163,8 @@ class TritonPythonModel:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+            self._responses.put(None)
+            self._responder.join(timeout=10)
             self._flush_metrics()
             del self._metrics  # metrics before their families, as the backend requires
             del self._metric_factory
@@ -172,9 +182,18 @@ class TritonPythonModel:
         except Exception as error:  # a metrics failure must never take the endpoint down
             pb_utils.Logger.log_warn(f"{self._name}: exporting metrics failed: {error}")
 
+    def _send_responses(self) -> None:
+        """Sends responses from a thread of its own: a send waits on the server, and the loop must not."""
+        while (item := self._responses.get()) is not None:
+            sender, response = item
+            try:
+                sender.send(response, flags=_FINAL)
+            except Exception as error:
+                pb_utils.Logger.log_error(f"{self._name}: sending a response failed: {error}")
+
     def _reply(self, sender, batch: int, answer: Answer) -> None:
         if answer.source is AnswerSource.ERROR:
-            self._send_error(sender, answer.error)
+            self._responses.put((sender, self._error_response(answer.error)))
             return
         rebuilt = answer.source is AnswerSource.REBUILT
         tensors = [
@@ -186,7 +205,7 @@ class TritonPythonModel:
             response = pb_utils.InferenceResponse(output_tensors=tensors, parameters={RECONSTRUCTED_OUTPUT: rebuilt})
         else:
             response = pb_utils.InferenceResponse(output_tensors=tensors)
-        sender.send(response, flags=_FINAL)
+        self._responses.put((sender, response))
 
-    def _send_error(self, sender, message: str) -> None:
-        sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self._name}: {message}")), flags=_FINAL)
+    def _error_response(self, message: str):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self._name}: {message}"))

@@ -41,6 +41,7 @@ class OrchestratorConfig:
     max_in_flight: int = 1024
     max_parity_in_flight: int = 8
     parity_cooldown_ms: float = 5000.0
+    bls_threads: int = 64
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -62,9 +63,14 @@ class OrchestratorConfig:
             raise ConfigError(
                 f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
             )
-        for name in ("max_in_flight", "max_parity_in_flight"):
+        for name in ("max_in_flight", "max_parity_in_flight", "bls_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if 2 * self.max_parity_in_flight > self.bls_threads:
+            raise ConfigError(
+                f"max_parity_in_flight ({self.max_parity_in_flight}) may hold at most half of bls_threads "
+                f"({self.bls_threads}), so that stuck parity calls never starve F's"
+            )
         if self.filler_cache_size < 1:
             raise ConfigError(f"filler_cache_size must be >= 1, got {self.filler_cache_size}")
 
