@@ -391,3 +391,19 @@ def test_parity_computations_in_flight_are_bounded():
         h.assert_exactly_once()
 
     run(scenario())
+
+
+def test_the_fill_timeout_follows_f_latency_so_lone_members_answered_in_time_cost_no_parity():
+    async def scenario():
+        h = Harness(f=LinearF(delay=0.02), fill_timeout_ms=1.0, fill_timeout_quantile=0.9, decode_after_ms=300.0)
+        assert h.dispatcher.fill_timeout == 0.001
+        for index in range(32):
+            await h.answer(h.submit(round(0.001 * (index + 1), 6)))
+        assert 0.02 <= h.dispatcher.fill_timeout < 0.2
+        parity_calls = h.parity.calls
+        for index in range(5):
+            await h.answer(h.submit(round(0.5 + 0.001 * index, 6)))
+            await h.settle(h.dispatcher.fill_timeout)
+        assert h.parity.calls == parity_calls, "lone members answered within the fill timeout need no parity"
+
+    run(scenario())

@@ -37,6 +37,7 @@ class OrchestratorConfig:
     decode_after_ms: float = 0.0
     request_timeout_ms: float = 1000.0
     fill_timeout_ms: float = 5.0
+    fill_timeout_quantile: float = 0.9
     filler_cache_size: int = 64
     max_in_flight: int = 1024
     max_parity_in_flight: int = 8
@@ -59,6 +60,8 @@ class OrchestratorConfig:
         for name in ("decode_after_ms", "fill_timeout_ms", "request_timeout_ms", "parity_cooldown_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.fill_timeout_quantile < 1.0:
+            raise ConfigError(f"fill_timeout_quantile must be in [0, 1), got {self.fill_timeout_quantile}")
         if self.request_timeout_ms <= self.decode_after_ms:
             raise ConfigError(
                 f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"

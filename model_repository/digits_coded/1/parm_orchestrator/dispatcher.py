@@ -39,6 +39,7 @@ from .groups import (
     Tensors,
     decode_allowed,
 )
+from .latency import LatencyQuantile
 from .stats import DispatcherStats
 from .tensors import all_finite, group_key
 
@@ -89,6 +90,7 @@ class CodedDispatcher:
         self._parity_in_flight = 0
         self._parity_down_until = float("-inf")
         self._parity_failures_in_row = 0
+        self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self.stats = DispatcherStats()
 
     @property
@@ -100,6 +102,14 @@ class CodedDispatcher:
     def in_flight_groups(self) -> int:
         """Coding groups with at least one member not yet answered."""
         return len({id(group) for group in self._groups_of.values()})
+
+    @property
+    def fill_timeout(self) -> float:
+        """Seconds a new group waits for members before it is completed with fillers (see ``latency``)."""
+        floor = self._config.fill_timeout_ms / 1000
+        if self._f_latency is None or self._f_latency.value is None:
+            return floor
+        return max(floor, self._f_latency.value)
 
     @property
     def open_groups(self) -> int:
@@ -156,7 +166,7 @@ class CodedDispatcher:
         if group is None:
             group = CodingGroup(key=key, k=self._config.k, r=self._config.r)
             self._open[key] = group
-            self._loop.call_later(self._config.fill_timeout_ms / 1000, self._close, group)
+            self._loop.call_later(self.fill_timeout, self._close, group)
         slot = group.add(member.inputs, member)
         self._groups_of[member.request_id] = group
         return group, slot
@@ -231,6 +241,8 @@ class CodedDispatcher:
                 self._try_decode(group)
             return
         slot.outputs = outputs
+        if self._f_latency is not None:
+            self._f_latency.add(self._loop.time() - member.arrival)
         if member.source is AnswerSource.REBUILT and member.rebuilt is not None:
             self.stats.record_fidelity(member.rebuilt, outputs)
         member.answer(Answer(AnswerSource.ORIGINAL, outputs))
