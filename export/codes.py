@@ -1,14 +1,19 @@
 """Codes as torch modules with the tensor signatures of ``contract.py``, looked up by a short registered name.
 
 Each encoder and decoder is exported as its own network and served as its own Triton model, so they are plain
-``nn.Module``s whose forward takes and returns the contract's tensors, with k and B left dynamic.
+``nn.Module``s whose forward takes and returns the contract's tensors, with B left dynamic (and k too, for codes whose
+networks take any number of members). This module holds the interfaces, the registry and ParM's sum code; the
+other built-in codes register themselves from their own modules (``concat``, ``linear_codes``, ``berrut``,
+``learned``), imported on the first lookup.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import nn
@@ -31,6 +36,11 @@ class Encoder(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, queries: torch.Tensor) -> torch.Tensor: ...
 
+    def target_weights(self) -> torch.Tensor:
+        """[r, k]: parity model j is trained to answer ``sum_i W[j, i] F(X_i)``. Only codes with trained parity
+        models (``ParityKind.TRAINED``) define it."""
+        raise NotImplementedError(f"{type(self).__name__} has no trained parity models")
+
 
 class Decoder(nn.Module, abc.ABC):
     """Fills erased answers: (``parity_outputs`` [r, B, *o], ``outputs`` [k, B, *o], ``available`` [k]) ->
@@ -49,6 +59,11 @@ class Decoder(nn.Module, abc.ABC):
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor: ...
 
 
+def erased_mask(available: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``available`` [k] as a boolean mask broadcastable against ``like`` [k, B, *o] (True = arrived)."""
+    return (available > 0.5).reshape([-1] + [1] * (like.dim() - 1))
+
+
 class SumEncoder(Encoder):
     """ParM's addition code: the single parity query is the sum of the k queries."""
 
@@ -57,6 +72,9 @@ class SumEncoder(Encoder):
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
         return queries.sum(dim=0, keepdim=True)
+
+    def target_weights(self) -> torch.Tensor:
+        return torch.ones(1, self.k)
 
 
 class SubtractionDecoder(Decoder):
@@ -71,23 +89,75 @@ class SubtractionDecoder(Decoder):
         super().__init__(k, r=1)
 
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-        mask = (available > 0.5).reshape([-1] + [1] * (outputs.dim() - 1))
+        mask = erased_mask(available, outputs)
         arrived = torch.where(mask, outputs, torch.zeros_like(outputs))
         rebuilt = parity_outputs[0:1] - arrived.sum(dim=0, keepdim=True)
         return torch.where(mask, outputs, rebuilt)
 
 
+class ParityKind(Enum):
+    """What answers a code's parity queries."""
+
+    TRAINED = "trained"
+    """One parity model per parity query, trained so its answer approximates F's answers combined (ParM)."""
+    F = "f"
+    """F itself answers the parity queries (learned codes, Berrut): nothing is trained for the parity side."""
+
+
+@dataclass(frozen=True)
+class CodeShape:
+    """What a code's networks are built for: k queries, r parities, one query's shape and one answer's shape."""
+
+    k: int
+    r: int = 1
+    query_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+
+
 @dataclass(frozen=True)
 class Code:
-    """A registered code: how to build its encoder and decoder for a given k, and whether it needs a parity model."""
+    """A registered code: how to build its encoder and decoder, what answers its parities, which k and r it takes.
+
+    ``trainable`` codes (learned codes) have encoder/decoder weights trained end to end through F; the others are
+    fixed maps. ``ks`` lists the k the code is defined for (None: any k >= 2); ``max_r`` caps r (None: any r >= 1).
+    """
 
     name: str
-    make_encoder: Callable[[int], Encoder]
-    make_decoder: Callable[[int], Decoder]
-    needs_parity_model: bool
+    make_encoder: Callable[[CodeShape], Encoder]
+    make_decoder: Callable[[CodeShape], Decoder]
+    parity: ParityKind
+    summary: str
+    title: str = ""
+    """A short human name for reports (defaults to ``name``)."""
+    trainable: bool = False
+    ks: tuple[int, ...] | None = None
+    max_r: int | None = 1
+    k_is_dynamic: bool = False
+    """True when the networks work for any number of stacked members (their exports keep a symbolic k axis)."""
+
+    def check(self, k: int, r: int) -> None:
+        """Raises ``ValueError`` naming the code when it is not defined for this k and r."""
+        if k < 2 or r < 1:
+            raise ValueError(f"code {self.name!r}: needs k >= 2 and r >= 1, got k={k}, r={r}")
+        if self.ks is not None and k not in self.ks:
+            raise ValueError(f"code {self.name!r} is defined for k in {list(self.ks)}, got k={k}")
+        if self.max_r is not None and r > self.max_r:
+            raise ValueError(f"code {self.name!r} has at most r={self.max_r} parities, got r={r}")
+
+    def encoder(self, shape: CodeShape) -> Encoder:
+        self.check(shape.k, shape.r)
+        return self.make_encoder(shape)
+
+    def decoder(self, shape: CodeShape) -> Decoder:
+        self.check(shape.k, shape.r)
+        return self.make_decoder(shape)
 
 
 _CODES: dict[str, Code] = {}
+_BUILTIN_MODULES = ("concat", "linear_codes", "berrut", "learned")
+"""Modules under ``parm.export`` that register the built-in codes besides ``sum`` (imported on first lookup, since
+they import this module for the base classes)."""
+_builtins_loaded = False
 
 
 def register_code(code: Code) -> None:
@@ -97,12 +167,37 @@ def register_code(code: Code) -> None:
     _CODES[code.name] = code
 
 
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(f"{__package__}.{module}")
+
+
 def get_code(name: str) -> Code:
     """The code registered as ``name``; the error lists the known names."""
+    _load_builtins()
     try:
         return _CODES[name]
     except KeyError:
         raise KeyError(f"unknown code {name!r}; known codes: {sorted(_CODES)}") from None
 
 
-register_code(Code("sum", SumEncoder, SubtractionDecoder, needs_parity_model=True))
+def code_names() -> list[str]:
+    """Every registered code's name, sorted."""
+    _load_builtins()
+    return sorted(_CODES)
+
+
+register_code(
+    Code(
+        "sum",
+        lambda shape: SumEncoder(shape.k),
+        lambda shape: SubtractionDecoder(shape.k),
+        ParityKind.TRAINED,
+        "ParM: parity query = sum of the k queries, parity model trained to F's summed answers, subtraction decoder",
+        title="ParM sum",
+        k_is_dynamic=True,
+    )
+)

@@ -67,3 +67,128 @@ def build_parity_model(f_model: nn.Module, width: int = 1) -> nn.Module:
     if not isinstance(f_model, DigitsCNN):
         raise ValueError(f"a wider parity model needs a DigitsCNN F, got {type(f_model).__name__}")
     return DigitsCNN(width=f_model.width * width).train()
+
+
+class _ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and an identity shortcut (ResNet's basic block, fixed width)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class DeepDigitsCNN(nn.Module):
+    """A deeper residual CNN on the same digits: [B, 1, 8, 8] -> logits [B, 10], for benchmarks.
+
+    The default F (``DigitsCNN``) answers in well under a millisecond, cheaper than the orchestration around it; a
+    benchmark of tail latency needs an F whose inference costs what a real model costs relative to that overhead.
+    This one upsamples the query (nearest, ``upsample`` x), runs a stem convolution and ``blocks`` residual blocks
+    of ``width`` channels, then global-average-pools into a linear head. The defaults take about 4 ms per query on
+    one thread of a server CPU in onnxruntime (batch norm is folded into the convolutions at load). ParM's parity
+    model is the same architecture, re-initialised (``build_parity_model`` deep-copies and resets it).
+    """
+
+    def __init__(self, width: int = 80, blocks: int = 12, upsample: int = 2) -> None:
+        super().__init__()
+        if width < 1 or blocks < 1 or upsample < 1:
+            raise ValueError(f"width, blocks and upsample must be >= 1, got {width}, {blocks}, {upsample}")
+        self.width, self.blocks, self.upsample = width, blocks, upsample
+        self.features = nn.Sequential(
+            nn.Upsample(scale_factor=upsample, mode="nearest") if upsample > 1 else nn.Identity(),
+            nn.Conv2d(DIGITS_QUERY_SHAPE[0], width, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            *(_ResidualBlock(width) for _ in range(blocks)),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, DIGITS_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# --- Parity networks for an F without torch source, and the cheap backup baseline (issue 3) ---------------------
+
+
+class FamilyCNN(nn.Module):
+    """A configurable CNN for image queries [C, H, W] -> [*output]: two 3x3 conv layers (32w, 64w channels), an
+    adaptive 4x4 average pool and a two-layer head (128w). DigitsCNN's shape, for any image size and output size."""
+
+    def __init__(self, query_shape: tuple[int, ...], output_size: int, width: int = 1) -> None:
+        super().__init__()
+        if len(query_shape) != 3 or width < 1 or output_size < 1:
+            raise ValueError(f"FamilyCNN needs [C, H, W] queries and width >= 1, got {query_shape}, width={width}")
+        c1, c2, hidden = 32 * width, 64 * width, 128 * width
+        self.net = nn.Sequential(
+            nn.Conv2d(query_shape[0], c1, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(c2 * 16, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, output_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FamilyMLP(nn.Module):
+    """A configurable MLP for any query shape: flatten, two hidden layers of ``256 * width``, linear output."""
+
+    def __init__(self, query_shape: tuple[int, ...], output_size: int, width: int = 1, hidden: int = 256) -> None:
+        super().__init__()
+        if width < 1 or output_size < 1:
+            raise ValueError(f"FamilyMLP needs width >= 1 and output_size >= 1, got {width}, {output_size}")
+        size = 1
+        for dim in query_shape:
+            size *= dim
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(size, hidden * width),
+            nn.ReLU(),
+            nn.Linear(hidden * width, hidden * width),
+            nn.ReLU(),
+            nn.Linear(hidden * width, output_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+PARITY_FAMILIES = ("cnn", "mlp")
+
+
+def build_family_model(kind: str, query_shape: tuple[int, ...], output_size: int, width: int = 1) -> nn.Module:
+    """The parity architecture for an F known only by its signature (ONNX, TorchScript): ``cnn`` for image queries
+    [C, H, W], ``mlp`` for any; a fresh, training-mode network. Seed torch's global RNG first."""
+    if kind == "cnn":
+        return FamilyCNN(query_shape, output_size, width).train()
+    if kind == "mlp":
+        return FamilyMLP(query_shape, output_size, width).train()
+    raise ValueError(f"unknown parity family {kind!r}; known: {list(PARITY_FAMILIES)}")
+
+
+class BackupMLP(nn.Module):
+    """ParM's "approximate backup" baseline: a small MLP (one hidden layer of 32) answering in F's place, trained on
+    the same data. Far cheaper than F, so it is the fair cheap alternative to a parity model."""
+
+    def __init__(self, query_shape: tuple[int, ...], output_size: int, hidden: int = 32) -> None:
+        super().__init__()
+        size = 1
+        for dim in query_shape:
+            size *= dim
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, output_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

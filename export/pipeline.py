@@ -1,13 +1,17 @@
-"""The default demo end to end: train F and a ParM parity model on digits, export and verify every network.
+"""``parm export`` end to end: F (the default digits model, or the user's own) + queries -> a trained, exported and
+verified code, and a record of the run.
 
-Writes ``onnx/{f,parity,encoder,decoder}.onnx``, ``torchscript/{f,parity,encoder,decoder}.pt`` and
-``training.json`` (resolved configs, seed, test accuracies, git commit) under one output folder.
+Writes ``onnx/*.onnx`` and ``torchscript/*.pt`` (F unless it is the user's ONNX file, the parity models, encoder and
+decoder), ``checkpoints/`` (resumable training state, named by a fingerprint of config, data and F, so a rerun with
+the same inputs reloads instead of retraining) and ``training.json`` (resolved configs, seed, test-split
+accuracies, git commit) under one work folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -19,55 +23,77 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from parm.backend.orchestrator import TensorSpec, contract
+from parm.backend.orchestrator import TensorSpec
 
-from .codes import Decoder, Encoder, get_code
-from .data import load_digits_splits
-from .models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE, DigitsCNN, build_parity_model
-from .onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
-from .train import DegradedAccuracy, TrainConfig, TrainResult, degraded_accuracy, train_classifier, train_parity
+from .coding import CodeConfig, TrainedCode, export_code, train_code
+from .data import DataSplits, load_digits_splits, load_queries, split_dataset
+from .fsource import LoadedF, load_f, torch_f
+from .models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE, DigitsCNN
+from .train import DegradedAccuracy, TrainConfig, TrainResult, degraded_accuracy, train_classifier
 
 logger = logging.getLogger(__name__)
 
-CODE = "sum"
 F_CONFIG = TrainConfig(epochs=30, batch_size=64, lr=2e-3)
-# Many random groups per epoch: digits is tiny, so pairs are cheap and the parity model needs many of them.
-PARITY_CONFIG = TrainConfig(epochs=30, batch_size=256, lr=3e-3, groups_per_epoch=20_000)
+"""Training of the default F (DigitsCNN on scikit-learn digits)."""
 QUICK_STEPS = 5
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
+"""Splits of a user's queries (digits uses the same): validation chooses checkpoints, test is only reported."""
 
 
 @dataclass(frozen=True)
-class ModelFiles:
-    """One exported file per network of the coded deployment."""
+class FSpec:
+    """Where F comes from: ``None`` source trains the default DigitsCNN on digits; else an ``.onnx`` file, a
+    TorchScript file or ``package.module:Class`` (with ``weights``). Names override what F itself says (torch F)."""
 
-    f: Path
-    parity: Path
-    encoder: Path
-    decoder: Path
+    source: str | None = None
+    weights: Path | None = None
+    input_name: str | None = None
+    output_name: str | None = None
 
 
 @dataclass(frozen=True)
-class DigitsArtifacts:
-    """What ``train_and_export_digits`` produced: files, test-split accuracies and F's tensor signature."""
+class DataSpec:
+    """Where the queries come from: ``None`` is scikit-learn digits; else .npy/.npz, an image folder or IDX."""
+
+    path: Path | None = None
+    labels: Path | None = None
+
+
+@dataclass
+class ExportArtifacts:
+    """What ``run_export`` produced: files, the trained code, test-split accuracies and F's signature."""
 
     out_dir: Path
-    onnx: ModelFiles
-    torchscript: ModelFiles
+    onnx: dict[str, Path]
+    torchscript: dict[str, Path]
     training_json: Path
-    code: str
-    k: int
+    code: CodeConfig
     seed: int
     accuracy: DegradedAccuracy
-    f_inputs: tuple[TensorSpec, ...]
-    f_outputs: tuple[TensorSpec, ...]
+    f: LoadedF
+    trained: TrainedCode
     train_seconds: float
+
+    @property
+    def k(self) -> int:
+        return self.code.k
+
+    @property
+    def f_inputs(self) -> tuple[TensorSpec, ...]:
+        return (self.f.input,)
+
+    @property
+    def f_outputs(self) -> tuple[TensorSpec, ...]:
+        return (self.f.output,)
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Use ``n`` intra-op threads, then restore: torch's default counts the host's cores, not the process's share."""
+def torch_threads(n: int | None = None) -> Iterator[None]:
+    """Use ``n`` intra-op threads (default: the CPUs this process may run on), then restore: torch's default counts
+    the host's cores, not the process's share."""
+    if n is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -76,7 +102,7 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _git_state() -> dict[str, object]:
+def git_state() -> dict[str, object]:
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
@@ -90,149 +116,156 @@ def _git_state() -> dict[str, object]:
     return {"git_commit": commit, "git_dirty": bool(dirty)}
 
 
-def _quick(cfg: TrainConfig) -> TrainConfig:
-    groups = None if cfg.groups_per_epoch is None else cfg.batch_size * QUICK_STEPS
-    return dataclasses.replace(cfg, epochs=1, max_steps=QUICK_STEPS, groups_per_epoch=groups)
+def fingerprint(*parts: object) -> str:
+    """A short stable hash of configs, arrays and files: names a checkpoint by everything its training depends on."""
+    digest = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        elif isinstance(part, Path) and part.is_file():
+            digest.update(part.read_bytes())
+        else:
+            digest.update(repr(part).encode())
+    return digest.hexdigest()[:10]
 
 
-def _export_network(
-    name: str,
-    module: nn.Module,
-    example: tuple[torch.Tensor, ...],
-    fresh: list[tuple[torch.Tensor, ...]],
-    names: tuple[tuple[str, ...], tuple[str, ...]],
-    dynamic_axes: dict[str, dict[int, str]],
-    out_dir: Path,
-) -> tuple[Path, Path]:
-    """Export one network to ONNX and TorchScript and check both against torch on ``fresh`` inputs."""
-    onnx_path = export_onnx(module, example, names[0], names[1], dynamic_axes, out_dir / "onnx" / f"{name}.onnx")
-    verify_onnx(onnx_path, module, fresh)
-    ts_path = export_torchscript(module, example, out_dir / "torchscript" / f"{name}.pt")
-    verify_torchscript(ts_path, module, fresh)
-    return onnx_path, ts_path
+def quick_config(cfg: TrainConfig, steps: int = QUICK_STEPS) -> TrainConfig:
+    """A few steps of ``cfg`` (smoke runs): one epoch, ``steps`` optimizer steps."""
+    groups = None if cfg.groups_per_epoch is None else cfg.batch_size * steps
+    return dataclasses.replace(cfg, epochs=1, max_steps=steps, groups_per_epoch=groups)
 
 
-def _export_all(
-    out_dir: Path, f_model: nn.Module, parity: nn.Module, encoder: Encoder, decoder: Decoder, k: int, seed: int
-) -> tuple[ModelFiles, ModelFiles]:
-    g = torch.Generator().manual_seed(seed)
+def load_splits(data: DataSpec, seed: int) -> DataSplits:
+    """Train/val/test splits of the queries (stratified by label where there are labels), reproducible by seed."""
+    if data.path is None:
+        return load_digits_splits(seed)
+    return split_dataset(load_queries(data.path, data.labels), VAL_FRACTION, TEST_FRACTION, seed)
 
-    def queries(*lead: int) -> torch.Tensor:
-        return torch.rand(*lead, *DIGITS_QUERY_SHAPE, generator=g)
 
-    def decoder_inputs(kk: int, batch: int, erased: int) -> tuple[torch.Tensor, ...]:
-        outputs = torch.randn(kk, batch, DIGITS_CLASSES, generator=g)
-        outputs[erased] = float("nan")  # an erased slot may hold anything; the decoder must not read it
-        available = torch.ones(kk)
-        available[erased] = 0.0
-        return torch.randn(1, batch, DIGITS_CLASSES, generator=g), outputs, available
-
-    model_axes = {DIGITS_INPUT: {0: "batch"}, DIGITS_OUTPUT: {0: "batch"}}
-    model_names = ((DIGITS_INPUT,), (DIGITS_OUTPUT,))
-    # Fresh inputs differ from the example in batch size (and in k for the code networks): dynamic axes must hold.
-    paths = {
-        "f": _export_network(
-            "f", f_model, (queries(2),), [(queries(1),), (queries(5),)], model_names, model_axes, out_dir
-        ),
-        "parity": _export_network(
-            "parity", parity, (queries(2),), [(queries(1),), (queries(5),)], model_names, model_axes, out_dir
-        ),
-        "encoder": _export_network(
-            "encoder",
-            encoder,
-            (queries(k, 2),),
-            [(queries(k, 1),), (queries(k + 1, 5),)],
-            ((contract.ENCODER_INPUT,), (contract.ENCODER_OUTPUT,)),
-            {contract.ENCODER_INPUT: {0: "k", 1: "batch"}, contract.ENCODER_OUTPUT: {1: "batch"}},
-            out_dir,
-        ),
-        "decoder": _export_network(
-            "decoder",
-            decoder,
-            decoder_inputs(k, 2, 0),
-            [decoder_inputs(k, 1, k - 1), decoder_inputs(k + 1, 5, 1)],
-            (Decoder.input_names, (contract.DECODER_OUTPUT,)),
-            {
-                contract.DECODER_PARITY_INPUT: {1: "batch"},
-                contract.DECODER_OUTPUTS_INPUT: {0: "k", 1: "batch"},
-                contract.DECODER_AVAILABLE_INPUT: {0: "k"},
-                contract.DECODER_OUTPUT: {0: "k", 1: "batch"},
-            },
-            out_dir,
-        ),
-    }
-    return (
-        ModelFiles(**{role: onnx_path for role, (onnx_path, _) in paths.items()}),
-        ModelFiles(**{role: ts_path for role, (_, ts_path) in paths.items()}),
+def train_default_f(
+    splits: DataSplits, work_dir: Path, seed: int, quick: bool = False
+) -> tuple[LoadedF, TrainResult, TrainConfig]:
+    """The default F: a DigitsCNN trained on the digits train split (checkpointed under ``work_dir``)."""
+    cfg = dataclasses.replace(F_CONFIG, seed=seed)
+    if quick:
+        cfg = quick_config(cfg)
+    checkpoint = work_dir / "checkpoints" / f"f-{fingerprint(cfg, splits.train.x)}.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DigitsCNN()
+        result = train_classifier(model, splits.train, splits.val, cfg, checkpoint=checkpoint)
+    f = torch_f(
+        model,
+        TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE),
+        TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,)),
+        "DigitsCNN(width=1) trained on scikit-learn digits",
     )
+    return f, result, cfg
 
 
-def _summary(result: TrainResult) -> dict[str, object]:
-    return {"best_epoch": result.best_epoch, "best_val_metric": result.best_val_metric, "steps": result.steps}
+def prepare_f(spec: FSpec, splits: DataSplits, work_dir: Path, seed: int, quick: bool) -> tuple[LoadedF, dict]:
+    """F and a record of where it came from (and how it was trained, for the default F)."""
+    if spec.source is None:
+        f, result, cfg = train_default_f(splits, work_dir, seed, quick)
+        return f, {"f": f.description, "f_config": dataclasses.asdict(cfg), "f_training": _summary(result)}
+    f = load_f(spec.source, splits.train, spec.weights, spec.input_name, spec.output_name)
+    return f, {"f": f.description}
 
 
-def train_and_export_digits(out_dir: Path, seed: int = 0, k: int = 2, quick: bool = False) -> DigitsArtifacts:
-    """Train F (DigitsCNN) and its ParM sum-code parity model on digits, export and verify all four networks.
+def code_checkpoint(work_dir: Path, code: CodeConfig, f_key: str, splits: DataSplits, seed: int, quick: bool) -> Path:
+    """Where a code's training state lives: named by the code, F, the data, the seed and the training config."""
+    key = fingerprint(code, f_key, splits.train.x, seed, quick)
+    return work_dir / "checkpoints" / f"{code.slug}-{key}.pt"
+
+
+def f_key(spec: FSpec, f: LoadedF) -> str:
+    """What identifies F's weights for checkpoint names: the user's files, or the default F's own weights."""
+    if spec.source is not None:
+        source = Path(spec.source)
+        return fingerprint(spec, source if source.is_file() else spec.source, spec.weights or "")
+    return fingerprint(*(p.detach().numpy() for p in f.module.state_dict().values()))
+
+
+def run_export(
+    out_dir: Path,
+    code: CodeConfig | None = None,
+    f_spec: FSpec | None = None,
+    data: DataSpec | None = None,
+    seed: int = 0,
+    quick: bool = False,
+) -> ExportArtifacts:
+    """Trains (or reloads) F's code, exports and verifies every network, reports test-split accuracy.
 
     ``quick`` trains a few steps only (smoke tests): the files are complete, the accuracies meaningless. Results
     are reproducible for a seed on one machine (thread count and CPU kind can change the last bits of training).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    f_cfg = dataclasses.replace(F_CONFIG, seed=seed)
-    parity_cfg = dataclasses.replace(PARITY_CONFIG, seed=seed)
-    if quick:
-        f_cfg, parity_cfg = _quick(f_cfg), _quick(parity_cfg)
-    code = get_code(CODE)
-    encoder, decoder = code.make_encoder(k), code.make_decoder(k)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    with _torch_threads(threads), torch.random.fork_rng(devices=[]):
-        splits = load_digits_splits(seed)
+    code = code or CodeConfig()
+    f_spec, data = f_spec or FSpec(), data or DataSpec()
+    with torch_threads():
+        threads = torch.get_num_threads()
+        splits = load_splits(data, seed)
         started = time.perf_counter()
-        torch.manual_seed(seed)
-        f_model = DigitsCNN()
-        f_result = train_classifier(f_model, splits.train, splits.val, f_cfg)
-        torch.manual_seed(seed + 1)
-        parity = build_parity_model(f_model)
-        parity_result = train_parity(parity, f_model, splits.train, splits.val, parity_cfg, k, encoder, decoder)
+        f, f_record = prepare_f(f_spec, splits, out_dir, seed, quick)
+        checkpoint = code_checkpoint(out_dir, code, f_key(f_spec, f), splits, seed, quick)
+        trained = train_code(
+            code, f, splits.train, splits.val, seed, checkpoint, quick_steps=QUICK_STEPS if quick else None
+        )
         train_seconds = time.perf_counter() - started
-        report = degraded_accuracy(f_model, parity, splits.test, k, encoder, decoder, seed=seed)
-        onnx_files, ts_files = _export_all(out_dir, f_model, parity, encoder, decoder, k, seed)
-    logger.info("digits k=%d: trained in %.1f s; test accuracy %s", k, train_seconds, report)
-    training_json = out_dir / "training.json"
+        report = degraded_accuracy(
+            f.module, trained.parity_side(f.module), splits.test, code.k, trained.encoder, trained.decoder, seed=seed
+        )
+        exported = export_code(trained, f, out_dir, seed)
+    logger.info("%s: trained in %.1f s; test accuracy %s", code.label, train_seconds, report)
     record = {
-        "code": CODE,
-        "k": k,
+        "code": code.code,
+        "k": code.k,
+        "r": code.r,
         "seed": seed,
         "quick": quick,
-        "model": {"f": "DigitsCNN(width=1)", "parity": "DigitsCNN(width=1), re-initialised (ParM: F's architecture)"},
+        "code_config": dataclasses.asdict(code),
+        **f_record,
+        "parity_models": [type(m).__name__ for m in trained.parity_models] or "F answers the parities",
         "data": {
-            "source": "sklearn.datasets.load_digits",
+            "source": str(data.path) if data.path else "sklearn.datasets.load_digits",
             "train": len(splits.train),
             "val": len(splits.val),
             "test": len(splits.test),
         },
-        "f_config": dataclasses.asdict(f_cfg),
-        "parity_config": dataclasses.asdict(parity_cfg),
-        "f_training": _summary(f_result),
-        "parity_training": _summary(parity_result),
+        "code_training_config": dataclasses.asdict(quick_config(code.training()) if quick else code.training()),
+        "code_training": None if trained.result is None else _summary(trained.result),
         "test_accuracy": dataclasses.asdict(report),
         "train_seconds": round(train_seconds, 2),
         "torch_threads": threads,
         "torch_version": torch.__version__,
-        **_git_state(),
+        **git_state(),
     }
+    training_json = out_dir / "training.json"
     training_json.write_text(json.dumps(record, indent=2) + "\n")
-    return DigitsArtifacts(
+    return ExportArtifacts(
         out_dir=out_dir,
-        onnx=onnx_files,
-        torchscript=ts_files,
+        onnx=exported.onnx,
+        torchscript=exported.torchscript,
         training_json=training_json,
-        code=CODE,
-        k=k,
+        code=code,
         seed=seed,
         accuracy=report,
-        f_inputs=(TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE),),
-        f_outputs=(TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,)),),
+        f=f,
+        trained=trained,
         train_seconds=train_seconds,
     )
+
+
+def train_and_export_digits(out_dir: Path, seed: int = 0, k: int = 2, quick: bool = False) -> ExportArtifacts:
+    """The default demo: F (DigitsCNN) and its ParM sum-code parity model on digits, exported and verified."""
+    return run_export(out_dir, CodeConfig("sum", k), seed=seed, quick=quick)
+
+
+def _summary(result: TrainResult) -> dict[str, object]:
+    return {
+        "best_epoch": result.best_epoch,
+        "best_val_metric": result.best_val_metric,
+        "steps": result.steps,
+        "history": [dataclasses.asdict(h) for h in result.history],
+    }

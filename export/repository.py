@@ -1,9 +1,11 @@
 """Writes a deployable Triton model repository for one F and its code: configs generated from one typed spec.
 
-Layout for F named ``digits``: ``digits`` (F), ``digits_parity`` (parity model), ``digits_encoder``,
-``digits_decoder`` (all ``backend: "onnxruntime"``, ``KIND_AUTO``) and ``digits_coded`` (the Python-backend
-orchestrator, with its core copied in, so the repository is self-contained and deploys unchanged to a stock Triton
-container or to the embedded CPU server).
+Layout for F named ``digits``: ``digits`` (F), the parity models (``digits_parity`` for ParM's one, or
+``digits_parity_0`` .. ``digits_parity_{r-1}``; none for codes whose parities F answers: learned codes, Berrut),
+``digits_encoder``, ``digits_decoder`` (all ``backend: "onnxruntime"``, ``KIND_AUTO``) and ``digits_coded`` (the
+Python-backend orchestrator, with its core copied in, so the repository is self-contained and deploys unchanged to a
+stock Triton container or to the embedded CPU server). Every code is served by the same orchestrator: only its
+``parity_models`` (r of them, F's name for F-answered parities), ``k`` and the code networks change.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from parm.backend.orchestrator.contract import (
 )
 from parm.backend.orchestrator.tensors import triton_type
 
+from .codes import ParityKind, get_code
+
 BACKEND_SOURCE = Path(__file__).resolve().parents[1] / "python_backend"
 ORCHESTRATOR_PACKAGE = "parm_orchestrator"
 """Name under which the orchestrator core is copied beside the coded model's ``model.py``."""
@@ -46,6 +50,10 @@ class ModelNames:
     @property
     def parity(self) -> str:
         return self.f + PARITY_SUFFIX
+
+    def parities(self, r: int) -> tuple[str, ...]:
+        """The names of r trained parity models: ``<f>_parity`` for one, ``<f>_parity_0``.. for more."""
+        return (self.parity,) if r == 1 else tuple(f"{self.parity}_{j}" for j in range(r))
 
     @property
     def encoder(self) -> str:
@@ -62,7 +70,7 @@ class ModelNames:
 
 @dataclass(frozen=True)
 class CodedDeployment:
-    """One F, its ParM code and the orchestrator's settings: the single spec every config is generated from.
+    """One F, its code and the orchestrator's settings: the single spec every config is generated from.
 
     F is served without a dynamic batcher on purpose: batching two members of one coding group into a single F
     execution would put them in one failure domain, and one paused instance would erase both.
@@ -73,6 +81,8 @@ class CodedDeployment:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
     k: int = 2
+    code: str = "sum"
+    r: int = 1
     f_instances: int = 2
     parity_instances: int = 1
     decode_after_ms: float = 0.0
@@ -89,10 +99,23 @@ class CodedDeployment:
                 f"F '{self.name}' has {len(self.inputs)} inputs and {len(self.outputs)} outputs; the code networks "
                 "written here take exactly one of each"
             )
+        get_code(self.code).check(self.k, self.r)
 
     @property
     def names(self) -> ModelNames:
         return ModelNames(self.name)
+
+    @property
+    def trained_parities(self) -> tuple[str, ...]:
+        """The parity models this deployment serves (none when F answers the parities)."""
+        if get_code(self.code).parity is ParityKind.F:
+            return ()
+        return self.names.parities(self.r)
+
+    @property
+    def parity_targets(self) -> tuple[str, ...]:
+        """The model each of the r parity queries goes to, in order."""
+        return self.trained_parities or (self.names.f,) * self.r
 
     def orchestrator_parameters(self) -> dict[str, str]:
         names = self.names
@@ -100,7 +123,7 @@ class CodedDeployment:
             "scheme": "parm",
             "k": str(self.k),
             "f_models": names.f,
-            "parity_models": names.parity,
+            "parity_models": ",".join(self.parity_targets),
             "encoder_model": names.encoder,
             "decoder_model": names.decoder,
             "decode_after_ms": f"{self.decode_after_ms:g}",
@@ -116,16 +139,21 @@ class CodedDeployment:
 def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
     """Every model's config, keyed by model name."""
     names = deployment.names
+    k_lead = -1 if get_code(deployment.code).k_is_dynamic else deployment.k
+    r = deployment.r
     f_config = _onnx_config(
         names.f, deployment.inputs, deployment.outputs, deployment.max_batch_size, deployment.f_instances
     )
-    parity_config = _onnx_config(
-        names.parity, deployment.inputs, deployment.outputs, deployment.max_batch_size, deployment.parity_instances
-    )
+    parity_configs = [
+        _onnx_config(
+            name, deployment.inputs, deployment.outputs, deployment.max_batch_size, deployment.parity_instances
+        )
+        for name in deployment.trained_parities
+    ]
     encoder_config = _onnx_config(
         names.encoder,
-        tuple(_stacked(ENCODER_INPUT, spec) for spec in deployment.inputs[:1]),
-        tuple(_stacked(ENCODER_OUTPUT, spec, lead=1) for spec in deployment.inputs[:1]),
+        tuple(_stacked(ENCODER_INPUT, spec, lead=k_lead) for spec in deployment.inputs[:1]),
+        tuple(_stacked(ENCODER_OUTPUT, spec, lead=r) for spec in deployment.inputs[:1]),
         max_batch_size=0,
         instances=1,
     )
@@ -133,11 +161,11 @@ def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
     decoder_config = _onnx_config(
         names.decoder,
         (
-            _stacked(DECODER_PARITY_INPUT, out, lead=1),
-            _stacked(DECODER_OUTPUTS_INPUT, out),
-            TensorSpec(DECODER_AVAILABLE_INPUT, np.dtype(np.float32), (-1,)),
+            _stacked(DECODER_PARITY_INPUT, out, lead=r),
+            _stacked(DECODER_OUTPUTS_INPUT, out, lead=k_lead),
+            TensorSpec(DECODER_AVAILABLE_INPUT, np.dtype(np.float32), (k_lead,)),
         ),
-        (_stacked(DECODER_OUTPUT, out),),
+        (_stacked(DECODER_OUTPUT, out, lead=k_lead),),
         max_batch_size=0,
         instances=1,
     )
@@ -148,7 +176,7 @@ def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
     coded_config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_AUTO, count=1)
     for key, value in deployment.orchestrator_parameters().items():
         coded_config.parameters[key].string_value = value
-    configs = [f_config, parity_config, encoder_config, decoder_config, coded_config]
+    configs = [f_config, *parity_configs, encoder_config, decoder_config, coded_config]
     return {config.name: config for config in configs}
 
 
@@ -158,16 +186,33 @@ def orchestrator_config(config: mc.ModelConfig) -> OrchestratorConfig:
     return OrchestratorConfig.from_model_config(as_json)
 
 
+def model_roles(deployment: CodedDeployment) -> dict[str, str]:
+    """Each ONNX-served model's name -> its role, the key of its file in ``write_repository``'s ``onnx_files``:
+    ``f``, ``encoder``, ``decoder``, and ``parity`` (r = 1) or ``parity_0``.. (r > 1) for trained parity models."""
+    names = deployment.names
+    roles = {names.f: "f", names.encoder: "encoder", names.decoder: "decoder"}
+    for name in deployment.trained_parities:
+        roles[name] = name[len(names.f) + 1 :]
+    return roles
+
+
 def write_repository(out_dir: Path, deployment: CodedDeployment, onnx_files: dict[str, Path]) -> Path:
-    """Writes (or rewrites) the repository; ``onnx_files`` maps "f", "parity", "encoder", "decoder" to files."""
-    missing = {"f", "parity", "encoder", "decoder"} - onnx_files.keys()
+    """Writes (or rewrites) the repository; ``onnx_files`` maps each role of ``model_roles`` to its ONNX file.
+
+    Model folders of this F that the deployment no longer has (e.g. ``digits_parity`` after switching to Berrut)
+    are removed, so the repository holds exactly the deployment.
+    """
+    roles = model_roles(deployment)
+    missing = set(roles.values()) - onnx_files.keys()
     if missing:
         raise ValueError(f"write_repository needs ONNX files for {sorted(missing)}")
     configs = model_configs(deployment)
     orchestrator_config(configs[deployment.names.coded])
-    names = deployment.names
-    roles = {names.f: "f", names.parity: "parity", names.encoder: "encoder", names.decoder: "decoder"}
     out_dir.mkdir(parents=True, exist_ok=True)
+    parity_prefix = deployment.names.parity
+    for stale in out_dir.glob(parity_prefix + "*"):
+        if stale.is_dir() and stale.name not in configs:
+            shutil.rmtree(stale)
     for model_name, config in configs.items():
         model_dir = out_dir / model_name
         if model_dir.exists():
@@ -180,26 +225,6 @@ def write_repository(out_dir: Path, deployment: CodedDeployment, onnx_files: dic
         else:
             install_orchestrator(version_dir)
     return out_dir
-
-
-def f_model_config(deployment: CodedDeployment, name: str, instances: int) -> mc.ModelConfig:
-    """F's own config under another model name and instance count, without the code: the models baselines call
-    (e.g. ``<f>_equal``, F alone with as many instances as the coded deployment uses in total)."""
-    if instances < 1:
-        raise ValueError(f"model '{name}' needs at least one instance, got {instances}")
-    return _onnx_config(name, deployment.inputs, deployment.outputs, deployment.max_batch_size, instances)
-
-
-def write_f_model(out_dir: Path, deployment: CodedDeployment, name: str, instances: int, onnx_file: Path) -> Path:
-    """Writes (or rewrites) one F-only model (``f_model_config``) into the repository ``out_dir``."""
-    config = f_model_config(deployment, name, instances)
-    model_dir = out_dir / name
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    (model_dir / "1").mkdir(parents=True)
-    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
-    shutil.copyfile(onnx_file, model_dir / "1" / "model.onnx")
-    return model_dir
 
 
 def install_orchestrator(version_dir: Path) -> None:
@@ -232,5 +257,6 @@ def _add_tensors(field, specs: tuple[TensorSpec, ...]) -> None:
 
 
 def _stacked(name: str, spec: TensorSpec, lead: int = -1) -> TensorSpec:
-    """A code network's tensor: a leading stack axis (k members, any; or r = 1 parity) and a batch axis."""
+    """A code network's tensor: a leading stack axis (k members, -1 when the code takes any k; or r parities) and a
+    batch axis."""
     return TensorSpec(name, spec.dtype, (lead, -1, *spec.dims))

@@ -1,16 +1,24 @@
-"""Training loops for F and for ParM parity models, and the degraded-mode accuracy that judges a parity model.
+"""Training loops (F and backup classifiers, ParM parity models, learned codes) and the degraded-mode accuracy that
+judges every code.
 
-A parity model Fp learns Fp(encoder(X1..Xk)) ~ F(X1) + ... + F(Xk) from queries and F's own outputs, no labels; it
-is judged by what serving uses it for: an erased answer rebuilt by the decoder from Fp's output and the k-1 answers
-that arrived, compared with F's own answer (and with labels, where the data has them).
+A parity model Fp learns Fp(encoder(X1..Xk)) ~ F(X1) + ... + F(Xk) (or a weighted sum, for r > 1) from queries and
+F's own outputs, no labels; a learned code's encoder and decoder learn end to end through the frozen F. Both are
+judged by what serving uses them for: erased answers rebuilt by the decoder from the parity answers and the answers
+that arrived, compared with F's own answers (and with labels, where the data has them). All loops share ``_fit``:
+one optimizer and schedule, per-epoch progress logs, the best validation epoch kept, resumable checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import logging
 import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +42,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     groups_per_epoch: int | None = None
     max_steps: int | None = None
+    distill_weight: float = 0.0
+    """Parity training only: weight of a distillation term, KL(softmax F(X_e) || softmax decoded_e), on one erased
+    slot per minibatch, decoded by the code's own decoder: it trains for what serving uses (the rebuilt answer's
+    argmax), where MSE alone treats every logit alike. 0 is ParM's plain MSE."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -44,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"groups_per_epoch must be >= 1 or None, got {self.groups_per_epoch}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
 
 
 @dataclass(frozen=True)
@@ -61,22 +75,75 @@ class TrainResult:
     best_val_metric: float
     steps: int
     history: list[EpochLog]
+    seconds: float = 0.0
+    """Time spent training, summed over resumed runs (a checkpoint reloaded without training adds nothing)."""
+
+
+@dataclass(frozen=True)
+class ErasureAccuracy:
+    """Rebuilt answers with exactly ``erased`` members of each group missing, every such pattern in turn."""
+
+    erased: int
+    accuracy: float | None
+    agreement_with_f: float
+    rebuilt: int
 
 
 @dataclass(frozen=True)
 class DegradedAccuracy:
-    """F's accuracy with every answer available, and the accuracy of answers rebuilt with one slot erased.
+    """F's accuracy with every answer available, and the accuracy of answers rebuilt by the code.
 
-    Accuracies against labels are ``None`` when the data has no labels; agreement with F's argmax always exists.
+    The top-level degraded numbers are for one erased member (each slot in turn), comparable across codes;
+    ``by_erasures`` has one entry per number of erasures the code tolerates (1..r). Accuracies against labels are
+    ``None`` when the data has no labels; agreement with F's argmax always exists.
     """
 
     f_accuracy: float | None
     degraded_accuracy: float | None
     degraded_agreement_with_f: float
     erasures: int
+    by_erasures: tuple[ErasureAccuracy, ...] = ()
 
 
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+class StackedParity(nn.Module):
+    """The parity side of a code as one module: parity query j goes to ``models[j]``; [r, B, *q] -> [r, B, *o].
+
+    For ParM-style codes the models are the r trained parity models; for codes whose parities F answers (learned
+    codes, Berrut) every entry is F itself.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("a code needs at least one parity model")
+        self.models = nn.ModuleList(models)
+
+    def forward(self, parity_queries: torch.Tensor) -> torch.Tensor:
+        return torch.stack([model(parity_queries[j]) for j, model in enumerate(self.models)])
+
+
+def as_parity(parity: nn.Module | Sequence[nn.Module], r: int) -> StackedParity:
+    """``parity`` as a ``StackedParity`` of r models: a list of r models, or one model used for every parity."""
+    if isinstance(parity, StackedParity):
+        stacked = parity
+    elif isinstance(parity, nn.Module):
+        stacked = StackedParity([parity] * r)
+    else:
+        stacked = StackedParity(list(parity))
+    if len(stacked.models) != r:
+        raise ValueError(f"the code has r={r} parities, got {len(stacked.models)} parity models")
+    return stacked
+
+
+def erasure_patterns(k: int, max_erased: int) -> list[tuple[int, ...]]:
+    """Every set of 1..max_erased slots of a k-group, smallest sets first."""
+    return [
+        pattern for count in range(1, min(max_erased, k) + 1) for pattern in itertools.combinations(range(k), count)
+    ]
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``model``'s answers to ``x`` in eval mode, without gradients, in bounded-memory batches."""
     model.eval()
     with torch.no_grad():
         return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -104,45 +171,177 @@ def _require_labels(data: Dataset, what: str) -> np.ndarray:
 def accuracy(model: nn.Module, data: Dataset) -> float:
     """Top-1 accuracy of ``model`` on labelled ``data``."""
     labels = torch.from_numpy(_require_labels(data, "accuracy"))
-    predicted = _predict(model, torch.from_numpy(data.x)).argmax(dim=1)
+    predicted = predict(model, torch.from_numpy(data.x)).argmax(dim=1)
     return float((predicted == labels).float().mean())
 
 
-def train_classifier(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig) -> TrainResult:
-    """Fit F with cross-entropy and Adam; keep the epoch with the best validation accuracy."""
-    x, y = torch.from_numpy(train.x), torch.from_numpy(_require_labels(train, "train_classifier"))
-    _require_labels(val, "train_classifier validation")
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total = _total_steps(cfg, steps_per_epoch)
+def _fit(
+    model: nn.Module,
+    cfg: TrainConfig,
+    draw_batches: Callable[[torch.Generator], list[object]],
+    loss_of: Callable[[object], torch.Tensor],
+    validate: Callable[[], float],
+    what: str,
+    checkpoint: Path | None = None,
+) -> TrainResult:
+    """The one training loop: Adam with cosine decay, best epoch kept by ``validate`` (higher is better), progress
+    logged per epoch, and resumable.
+
+    ``draw_batches`` gives one epoch's minibatches from the run's generator; ``loss_of`` is one minibatch's loss.
+    With ``checkpoint``, the whole state (weights, optimizer, schedule, generators, best epoch, history) is saved
+    after every epoch and a run that finds the file resumes after its last epoch; a resumed run ends with the same
+    weights as an uninterrupted one (same seed, same machine).
+    """
+    batches_per_epoch = len(draw_batches(torch.Generator().manual_seed(cfg.seed)))
+    total = _total_steps(cfg, batches_per_epoch)
     optimizer, scheduler = _optimizer(model, cfg, total)
     generator = torch.Generator().manual_seed(cfg.seed)
-    best_state, best_epoch, best_metric, steps, history = None, 0, -math.inf, 0, []
+    best_state, best_epoch, best_metric, steps, history, first = None, 0, -math.inf, 0, [], 1
+    seconds, started = 0.0, time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # dropout masks
-        for epoch in range(1, cfg.epochs + 1):
+        torch.manual_seed(cfg.seed)  # dropout masks and any other draw of the global RNG
+        if checkpoint is not None and Path(checkpoint).exists():
+            saved = torch.load(checkpoint, weights_only=False)
+            if saved["config"] != dataclasses.asdict(cfg):
+                raise ValueError(f"{checkpoint}: saved for config {saved['config']}, this run is {cfg}")
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            best_state, best_epoch, best_metric = saved["best_state"], saved["best_epoch"], saved["best_metric"]
+            steps, history, first = saved["steps"], [EpochLog(**h) for h in saved["history"]], saved["epoch"] + 1
+            seconds = saved.get("seconds", 0.0)
+            done = saved["epoch"] >= cfg.epochs or steps >= total
+            logger.info(
+                "%s: %s epoch %d from %s",
+                what,
+                "already trained, reloading its best epoch; the run ended at" if done else "resuming after",
+                saved["epoch"],
+                checkpoint,
+            )
+        for epoch in range(first, cfg.epochs + 1):
+            if steps >= total:
+                break
             model.train()
-            order, losses = torch.randperm(len(x), generator=generator), []
-            for start in range(0, len(x), cfg.batch_size):
+            losses = []
+            for batch in draw_batches(generator):
                 if steps >= total:
                     break
-                batch = order[start : start + cfg.batch_size]
-                loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+                loss = loss_of(batch)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 losses.append(loss.item())
                 steps += 1
-            metric = accuracy(model, val)
+            metric = validate()
             history.append(EpochLog(epoch, float(np.mean(losses)), metric))
-            logger.info("F epoch %d/%d: loss %.4f, val accuracy %.4f", epoch, cfg.epochs, history[-1].loss, metric)
-            if metric > best_metric:
+            improved = metric > best_metric
+            if improved:
                 best_state, best_epoch, best_metric = copy.deepcopy(model.state_dict()), epoch, metric
-            if steps >= total:
-                break
+            logger.info(
+                "%s epoch %d/%d: loss %.4f, val %.4f%s",
+                what,
+                epoch,
+                cfg.epochs,
+                history[-1].loss,
+                metric,
+                " (best so far)" if improved else "",
+            )
+            if checkpoint is not None:
+                _save_checkpoint(
+                    Path(checkpoint),
+                    {
+                        "config": dataclasses.asdict(cfg),
+                        "epoch": epoch,
+                        "steps": steps,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "best_state": best_state,
+                        "best_epoch": best_epoch,
+                        "best_metric": best_metric,
+                        "history": [dataclasses.asdict(h) for h in history],
+                        "seconds": seconds + time.perf_counter() - started,
+                    },
+                )
+    if best_state is None:
+        raise ValueError(f"{what}: no epoch ran (epochs={cfg.epochs}, max_steps={cfg.max_steps})")
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(best_epoch, best_metric, steps, history)
+    seconds += time.perf_counter() - started
+    return TrainResult(best_epoch, best_metric, steps, history, seconds)
+
+
+def _save_checkpoint(path: Path, state: dict[str, object]) -> None:
+    """Writes atomically (temp file, then rename), so an interrupted save never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _minibatches(n: int, batch_size: int) -> Callable[[torch.Generator], list[object]]:
+    """A permutation of n sample indices per epoch, cut into minibatches."""
+
+    def draw(generator: torch.Generator) -> list[object]:
+        order = torch.randperm(n, generator=generator)
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+    return draw
+
+
+def _group_batches(n: int, groups: int, k: int, batch_size: int) -> Callable[[torch.Generator], list[object]]:
+    """``groups`` random k-groups of sample indices per epoch, cut into minibatches of [b, k] indices."""
+
+    def draw(generator: torch.Generator) -> list[object]:
+        drawn = _random_groups(n, groups, k, generator)
+        return [drawn[i : i + batch_size] for i in range(0, groups, batch_size)]
+
+    return draw
+
+
+def train_classifier(
+    model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, checkpoint: Path | None = None
+) -> TrainResult:
+    """Fit a classifier (F, or the backup baseline) with cross-entropy; keep the epoch with the best val accuracy."""
+    x, y = torch.from_numpy(train.x), torch.from_numpy(_require_labels(train, "train_classifier"))
+    _require_labels(val, "train_classifier validation")
+
+    def loss_of(batch: object) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x[batch]), y[batch])
+
+    return _fit(
+        model,
+        cfg,
+        _minibatches(len(x), cfg.batch_size),
+        loss_of,
+        lambda: accuracy(model, val),
+        "classifier",
+        checkpoint,
+    )
+
+
+def train_distilled(
+    model: nn.Module, f_model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, checkpoint: Path | None = None
+) -> TrainResult:
+    """Fit a classifier to F's own answers (cross-entropy to F's argmax): the backup baseline when data has no
+    labels. Kept by validation agreement with F."""
+    x = torch.from_numpy(train.x)
+    f_labels = predict(f_model, x).argmax(dim=1)
+    val_x = torch.from_numpy(val.x)
+    val_labels = predict(f_model, val_x).argmax(dim=1)
+
+    def loss_of(batch: object) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x[batch]), f_labels[batch])
+
+    def validate() -> float:
+        return float((predict(model, val_x).argmax(dim=1) == val_labels).float().mean())
+
+    return _fit(model, cfg, _minibatches(len(x), cfg.batch_size), loss_of, validate, "distilled", checkpoint)
 
 
 def _check_k(k: int, *parts: Encoder | Decoder) -> None:
@@ -159,7 +358,7 @@ def _random_groups(n: int, groups: int, k: int, generator: torch.Generator) -> t
 
 
 def train_parity(
-    parity_model: nn.Module,
+    parity_model: nn.Module | Sequence[nn.Module],
     f_model: nn.Module,
     train: Dataset,
     val: Dataset,
@@ -167,100 +366,179 @@ def train_parity(
     k: int,
     encoder: Encoder,
     decoder: Decoder,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """ParM training: Fp(encoder(X1..Xk)) regresses onto F(X1) + ... + F(Xk) with MSE, F frozen, labels unused.
+    """ParM training: parity model j regresses Fp_j(encoder(X1..Xk)[j]) onto sum_i W[j, i] F(X_i) with MSE (W: the
+    encoder's ``target_weights``, all ones for ParM's sum and concatenation codes), F frozen, labels unused.
 
-    Keeps the epoch whose rebuilt answers on ``val`` (one slot erased in turn, decoded by ``decoder``) agree most
-    with F's own answers; that needs no labels either.
+    ``parity_model`` is the one parity model (r = 1) or the list of r; they train together in one loop. Keeps the
+    epoch whose rebuilt answers on ``val`` (every erasure pattern the code tolerates, decoded by ``decoder``) agree
+    most with F's own answers; that needs no labels either. F may be any module, an onnxruntime wrapper included:
+    its answers are computed once, without gradients.
     """
     _check_k(k, encoder, decoder)
+    stacked = as_parity(parity_model, encoder.r)
+    weights = encoder.target_weights()  # [r, k]
     x = torch.from_numpy(train.x)
-    f_outputs = _predict(f_model, x)  # F is frozen and deterministic in eval mode: compute its answers once
-    groups_per_epoch = cfg.groups_per_epoch or len(x)
-    steps_per_epoch = math.ceil(groups_per_epoch / cfg.batch_size)
-    total = _total_steps(cfg, steps_per_epoch)
-    optimizer, scheduler = _optimizer(parity_model, cfg, total)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    best_state, best_epoch, best_metric, steps, history = None, 0, -math.inf, 0, []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        for epoch in range(1, cfg.epochs + 1):
-            parity_model.train()
-            groups, losses = _random_groups(len(x), groups_per_epoch, k, generator), []
-            for start in range(0, groups_per_epoch, cfg.batch_size):
-                if steps >= total:
-                    break
-                batch = groups[start : start + cfg.batch_size]  # [b, k]
-                parity_queries = encoder(x[batch].transpose(0, 1))  # [k, b, *q] -> [1, b, *q]
-                target = f_outputs[batch].sum(dim=1)  # [b, *o]
-                loss = nn.functional.mse_loss(parity_model(parity_queries[0]), target)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.item())
-                steps += 1
-            report = degraded_accuracy(f_model, parity_model, val, k, encoder, decoder, seed=cfg.seed)
-            metric = report.degraded_agreement_with_f
-            history.append(EpochLog(epoch, float(np.mean(losses)), metric))
-            logger.info(
-                "parity epoch %d/%d: loss %.4f, val degraded agreement with F %.4f, with labels %s",
-                epoch,
-                cfg.epochs,
-                history[-1].loss,
-                metric,
-                "n/a" if report.degraded_accuracy is None else f"{report.degraded_accuracy:.4f}",
+    f_outputs = predict(f_model, x)  # F is frozen and deterministic in eval mode: compute its answers once
+    groups = cfg.groups_per_epoch or len(x)
+    slot_generator = torch.Generator().manual_seed(cfg.seed + 2)
+
+    def loss_of(batch: object) -> torch.Tensor:
+        parity_queries = encoder(x[batch].transpose(0, 1))  # [k, b, *q] -> [r, b, *q]
+        members = f_outputs[batch].transpose(0, 1)  # [k, b, *o]
+        target = (weights @ members.flatten(1)).reshape(encoder.r, *members.shape[1:])  # [r, b, *o]
+        parity_outputs = stacked(parity_queries)
+        loss = nn.functional.mse_loss(parity_outputs, target)
+        if cfg.distill_weight > 0:
+            slot = int(torch.randint(k, (1,), generator=slot_generator))
+            available = torch.ones(k)
+            available[slot] = 0.0
+            decoded = decoder(parity_outputs, members, available)[slot]
+            loss = loss + cfg.distill_weight * nn.functional.kl_div(
+                nn.functional.log_softmax(decoded, dim=-1),
+                nn.functional.log_softmax(members[slot], dim=-1),
+                log_target=True,
+                reduction="batchmean",
             )
-            if metric > best_metric:
-                best_state, best_epoch, best_metric = copy.deepcopy(parity_model.state_dict()), epoch, metric
-            if steps >= total:
-                break
-    parity_model.load_state_dict(best_state)
-    parity_model.eval()
-    return TrainResult(best_epoch, best_metric, steps, history)
+        return loss
+
+    def validate() -> float:
+        report = degraded_accuracy(f_model, stacked, val, k, encoder, decoder, seed=cfg.seed)
+        return float(np.mean([e.agreement_with_f for e in report.by_erasures]))
+
+    return _fit(
+        stacked, cfg, _group_batches(len(x), groups, k, cfg.batch_size), loss_of, validate, "parity", checkpoint
+    )
+
+
+def train_learned_code(
+    encoder: Encoder,
+    decoder: Decoder,
+    f_model: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+) -> TrainResult:
+    """Learned code training (Kosaian et al. 2018): encoder and decoder networks end to end through the frozen F.
+
+    Each minibatch of k-groups draws one erasure pattern (1..r slots); the r parity queries go through F (its
+    weights frozen, gradients flowing to the encoder), the decoder rebuilds the erased slots, and the loss is the
+    MSE between rebuilt and F's own outputs on the erased slots only. Kept by validation agreement with F.
+    F must be a differentiable torch module (a torch or TorchScript F; an ONNX-only F cannot train a learned code).
+    """
+    k, r = encoder.k, encoder.r
+    _check_k(k, decoder)
+    if getattr(f_model, "differentiable", True) is False:
+        raise ValueError("a learned code trains through F: F must be a torch or TorchScript module, not ONNX-only")
+    for parameter in f_model.parameters():
+        parameter.requires_grad_(False)
+    f_model.eval()
+    x = torch.from_numpy(train.x)
+    f_outputs = predict(f_model, x)
+    patterns = erasure_patterns(k, r)
+    pattern_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    code = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
+    groups = cfg.groups_per_epoch or len(x)
+
+    def loss_of(batch: object) -> torch.Tensor:
+        parity_queries = encoder(x[batch].transpose(0, 1))  # [r, b, *q]
+        parity_outputs = f_model(parity_queries.flatten(0, 1))
+        parity_outputs = parity_outputs.reshape(r, -1, *parity_outputs.shape[1:])
+        outputs = f_outputs[batch].transpose(0, 1)  # [k, b, *o]
+        pattern = patterns[int(torch.randint(len(patterns), (1,), generator=pattern_generator))]
+        available = torch.ones(k)
+        available[list(pattern)] = 0.0
+        decoded = decoder(parity_outputs, outputs, available)
+        erased = list(pattern)
+        return nn.functional.mse_loss(decoded[erased], outputs[erased])
+
+    def validate() -> float:
+        f_model.eval()
+        report = degraded_accuracy(f_model, f_model, val, k, encoder, decoder, seed=cfg.seed)
+        return float(np.mean([e.agreement_with_f for e in report.by_erasures]))
+
+    return _fit(
+        code, cfg, _group_batches(len(x), groups, k, cfg.batch_size), loss_of, validate, "learned code", checkpoint
+    )
 
 
 def degraded_accuracy(
     f_model: nn.Module,
-    parity_model: nn.Module,
+    parity: nn.Module | Sequence[nn.Module],
     data: Dataset,
     k: int,
     encoder: Encoder,
     decoder: Decoder,
     seed: int = 0,
     groupings: int = 4,
+    max_erased: int | None = None,
 ) -> DegradedAccuracy:
-    """Accuracy of answers rebuilt by the code when one member of a k-group is erased.
+    """Accuracy of answers rebuilt by the code for every erasure pattern it tolerates (1..r missing members).
 
-    The queries are shuffled into groups of k (the last group topped up with queries from the first), each slot of
-    each group is erased in turn and rebuilt from the parity output and the other k-1 answers, so every query is
-    rebuilt once per grouping; ``groupings`` random groupings are averaged.
+    ``parity`` is the parity side: one model (used for each of the r parities: F itself for learned codes and
+    Berrut, or ParM's single parity model), a list of r parity models, or a ``StackedParity``. The queries are
+    shuffled into groups of k (the last group topped up with queries from the first); in each group every pattern of
+    erased slots is rebuilt in turn from the parity outputs and the other answers, so every query is rebuilt once
+    per pattern that erases it and per grouping; ``groupings`` random groupings are averaged.
     """
     _check_k(k, encoder, decoder)
+    stacked = as_parity(parity, encoder.r)
     x = torch.from_numpy(data.x)
-    f_outputs = _predict(f_model, x)
+    f_outputs = predict(f_model, x)
     f_argmax = f_outputs.argmax(dim=1)
     labels = None if data.y is None else torch.from_numpy(data.y)
     generator = torch.Generator().manual_seed(seed)
     n, n_groups = len(x), math.ceil(len(x) / k)
-    rebuilt, members = [], []
-    parity_model.eval()
+    patterns = erasure_patterns(k, encoder.r if max_erased is None else max_erased)
+    rebuilt: dict[int, list[torch.Tensor]] = {}
+    members: dict[int, list[torch.Tensor]] = {}
+    stacked.eval()
+    encoder.eval()
+    decoder.eval()
     with torch.no_grad():
         for _ in range(groupings):
             order = torch.randperm(n, generator=generator)
             groups = torch.cat([order, order[: n_groups * k - n]]).reshape(n_groups, k)
-            parity_outputs = _predict(parity_model, encoder(x[groups].transpose(0, 1))[0]).unsqueeze(0)
+            parity_queries = _batched(encoder, x[groups].transpose(0, 1), dim=1)  # [r, G, *q]
+            parity_outputs = _batched(stacked, parity_queries, dim=1)  # [r, G, *o]
             outputs = f_outputs[groups].transpose(0, 1)  # [k, G, *o]
-            for slot in range(k):
+            for pattern in patterns:
                 available = torch.ones(k)
-                available[slot] = 0.0
-                real = torch.arange(n_groups) * k + slot < n  # skip the top-up copies
-                rebuilt.append(decoder(parity_outputs, outputs, available)[slot][real].argmax(dim=1))
-                members.append(groups[real, slot])
-    predicted, index = torch.cat(rebuilt), torch.cat(members)
+                available[list(pattern)] = 0.0
+                decoded = decoder(parity_outputs, outputs, available)
+                for slot in pattern:
+                    real = torch.arange(n_groups) * k + slot < n  # skip the top-up copies
+                    rebuilt.setdefault(len(pattern), []).append(decoded[slot][real].argmax(dim=1))
+                    members.setdefault(len(pattern), []).append(groups[real, slot])
+    by_erasures = []
+    for count in sorted(rebuilt):
+        predicted, index = torch.cat(rebuilt[count]), torch.cat(members[count])
+        by_erasures.append(
+            ErasureAccuracy(
+                erased=count,
+                accuracy=None if labels is None else float((predicted == labels[index]).float().mean()),
+                agreement_with_f=float((predicted == f_argmax[index]).float().mean()),
+                rebuilt=len(index),
+            )
+        )
+    single = by_erasures[0]
     return DegradedAccuracy(
         f_accuracy=None if labels is None else float((f_argmax == labels).float().mean()),
-        degraded_accuracy=None if labels is None else float((predicted == labels[index]).float().mean()),
-        degraded_agreement_with_f=float((predicted == f_argmax[index]).float().mean()),
-        erasures=len(index),
+        degraded_accuracy=single.accuracy,
+        degraded_agreement_with_f=single.agreement_with_f,
+        erasures=single.rebuilt,
+        by_erasures=tuple(by_erasures),
+    )
+
+
+def _batched(module: nn.Module, stacked: torch.Tensor, dim: int, batch_size: int = 1024) -> torch.Tensor:
+    """``module`` applied to slices of ``stacked`` along its batch axis ``dim`` (bounded memory), concatenated."""
+    return torch.cat(
+        [
+            module(stacked.narrow(dim, i, min(batch_size, stacked.shape[dim] - i)))
+            for i in range(0, stacked.shape[dim], batch_size)
+        ],
+        dim=dim,
     )

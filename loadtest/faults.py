@@ -10,6 +10,12 @@ paused. Each apply and undo is logged with a wall-clock timestamp (also kept on 
 ``undone_at``) so that latency traces can be lined up with faults. New kinds (CPU hog, cgroup quota) subclass ``Fault``
 and implement ``_apply``/``_undo``.
 
+CPU starvation comes in two kinds: ``CpuQuota`` moves the instance into a cgroup of its own with a CFS quota (the
+kernel throttles it to a fraction of one CPU: the targeted fault, as a noisy container limit would), and ``CpuHog``
+pins the instance to one CPU and runs busy processes beside it there (a noisy neighbour, which also slows whatever
+else the kernel schedules on that CPU). Both are undone like every fault: the process goes back to its own cgroup or
+CPU set, the cgroup is removed, the hogs are killed (and a hog whose parent dies exits on its own).
+
 Measured limit of pauses (Triton 2.51, Python backend): while tritonserver waits on a stub, it expects the stub's
 health flag (refreshed every 300 ms by a stub thread) within about 1 s. A stub paused longer with a request in flight
 is declared unhealthy: that request fails ("Stub process '<instance>' is not healthy"), and the next request sent to
@@ -26,10 +32,13 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from types import TracebackType
 
 import psutil
@@ -298,3 +307,220 @@ def undo_all() -> None:
 
 
 atexit.register(undo_all)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CPU starvation
+# --------------------------------------------------------------------------------------------------------------------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PREFIX = "parm-fault-"
+"""Name prefix of the cgroups ``CpuQuota`` creates (and ``remove_stale_cgroups`` removes)."""
+
+
+def _cgroup_entries(pid: int) -> list[tuple[list[str], str]]:
+    """``/proc/<pid>/cgroup`` as (controllers, path) pairs."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except FileNotFoundError as exc:
+        raise psutil.NoSuchProcess(pid) from exc
+    entries = []
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        entries.append((controllers.split(",") if controllers else [], path))
+    return entries
+
+
+def cpu_cgroup_of(pid: int) -> tuple[Path, str]:
+    """The directory of ``pid``'s cgroup in a hierarchy with the CPU controller, and its version ("v1" or "v2").
+
+    ``FaultError`` when neither hierarchy is mounted with the CPU controller (then ``CpuHog`` still works).
+    """
+    entries = _cgroup_entries(pid)
+    for controllers, path in entries:
+        if "cpu" in controllers:
+            for mount in (CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpu,cpuacct"):
+                if (mount / "cpu.cfs_quota_us").exists():
+                    return mount / path.lstrip("/"), "v1"
+    controllers_file = CGROUP_ROOT / "cgroup.controllers"
+    if controllers_file.exists() and "cpu" in controllers_file.read_text().split():
+        for controllers, path in entries:
+            if not controllers:
+                return CGROUP_ROOT / path.lstrip("/"), "v2"
+    raise FaultError(
+        f"cannot limit the CPU of pid {pid}: no cgroup hierarchy with the cpu controller under {CGROUP_ROOT}"
+    )
+
+
+def cgroup_quota_available() -> bool:
+    """Whether ``CpuQuota`` can work here: a CPU-controller cgroup this process may create children in."""
+    try:
+        directory, _ = cpu_cgroup_of(os.getpid())
+    except (FaultError, OSError, psutil.Error):
+        return False
+    return os.access(directory, os.W_OK)
+
+
+def remove_stale_cgroups() -> list[Path]:
+    """Removes empty cgroups left by a ``CpuQuota`` whose process was killed before undoing it; returns them."""
+    removed = []
+    for mount in (CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpu,cpuacct", CGROUP_ROOT):
+        if not mount.is_dir():
+            continue
+        for directory in mount.rglob(f"{CGROUP_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if directory.is_dir() and not (directory / "cgroup.procs").read_text().strip():
+                    directory.rmdir()
+                    removed.append(directory)
+    return removed
+
+
+class CpuQuota(Fault):
+    """Throttles the process to ``cpus`` of one CPU (CFS quota over ``period_us``) in a cgroup of its own.
+
+    cgroup v1 (``cpu.cfs_quota_us``) or v2 (``cpu.max``); the process (all its threads) moves back to its own cgroup
+    on undo, and the cgroup is removed. A throttled stub still refreshes its health flag (it runs a slice of every
+    period), so unlike a long pause this fault may last as long as the run.
+    """
+
+    kind = "cpu-quota"
+
+    def __init__(self, pid: int, cpus: float, max_seconds: float | None = None, period_us: int = 100_000) -> None:
+        if not cpus > 0:
+            raise FaultError(f"a CPU quota must be > 0 CPUs, got {cpus}")
+        if period_us < 1000:
+            raise FaultError(f"a CFS period must be >= 1000 us, got {period_us}")
+        super().__init__(pid, max_seconds)
+        self.cpus = cpus
+        self.period_us = period_us
+        self._origin: Path | None = None
+        self._cgroup: Path | None = None
+
+    def _apply(self) -> None:
+        origin, version = cpu_cgroup_of(self.pid)
+        quota = max(1000, int(self.cpus * self.period_us))
+        parent = origin if version == "v1" else origin.parent
+        cgroup = parent / f"{CGROUP_PREFIX}{self.pid}-{time.monotonic_ns()}"
+        try:
+            if version == "v2" and "cpu" not in (parent / "cgroup.subtree_control").read_text().split():
+                (parent / "cgroup.subtree_control").write_text("+cpu")
+            cgroup.mkdir()
+            if version == "v1":
+                (cgroup / "cpu.cfs_period_us").write_text(str(self.period_us))
+                (cgroup / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                (cgroup / "cpu.max").write_text(f"{quota} {self.period_us}")
+            self._cgroup, self._origin = cgroup, origin
+            (cgroup / "cgroup.procs").write_text(str(self.pid))
+        except ProcessLookupError as exc:
+            self._remove_cgroup()
+            raise psutil.NoSuchProcess(self.pid) from exc
+        except OSError as exc:
+            self._remove_cgroup()
+            raise FaultError(f"cannot put pid {self.pid} under a CPU quota in {cgroup}: {exc}") from exc
+
+    def _undo(self) -> None:
+        try:
+            if self._origin is not None:
+                with contextlib.suppress(ProcessLookupError):  # gone: nothing to move back
+                    (self._origin / "cgroup.procs").write_text(str(self.pid))
+        finally:
+            self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
+        if self._cgroup is None:
+            return
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                self._cgroup.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # still busy for a moment after the move
+                if time.monotonic() > deadline:
+                    logger.warning("could not remove cgroup %s", self._cgroup)
+                    break
+                time.sleep(0.01)
+        self._cgroup = None
+
+
+_HOG_CODE = """
+import os, sys, time
+parent, deadline = os.getppid(), time.monotonic() + float(sys.argv[1])
+n = 0
+while True:
+    n += 1
+    if n % 100000 == 0 and (os.getppid() != parent or time.monotonic() > deadline):
+        break
+"""
+
+
+class CpuHog(Fault):
+    """A co-located CPU hog: pins the process (every thread) to one CPU and runs ``hogs`` busy processes there.
+
+    The kernel then shares that CPU between the instance and the hogs (about 1/(hogs+1) each), and so the instance
+    slows down; other processes scheduled on that CPU slow down too, as with a real noisy neighbour. Undo kills the
+    hogs and restores each thread's CPU set. A hog exits on its own once its parent is gone or after
+    ``max_lifetime_s``, so a killed harness leaves no busy process behind for long.
+    """
+
+    kind = "cpu-hog"
+
+    def __init__(
+        self,
+        pid: int,
+        hogs: int = 1,
+        max_seconds: float | None = None,
+        cpu: int | None = None,
+        max_lifetime_s: float = 600.0,
+    ) -> None:
+        if hogs < 1:
+            raise FaultError(f"a CPU hog needs at least one busy process, got {hogs}")
+        super().__init__(pid, max_seconds)
+        self.hogs = hogs
+        self.cpu = cpu
+        self.max_lifetime_s = max_seconds + 5.0 if max_seconds is not None else max_lifetime_s
+        self._affinity: dict[int, set[int]] = {}
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def _threads(self) -> list[int]:
+        try:
+            return [int(tid) for tid in os.listdir(f"/proc/{self.pid}/task")]
+        except FileNotFoundError as exc:
+            raise psutil.NoSuchProcess(self.pid) from exc
+
+    def _apply(self) -> None:
+        cpu = self.cpu if self.cpu is not None else max(os.sched_getaffinity(self.pid))
+        for tid in self._threads():
+            with contextlib.suppress(ProcessLookupError):
+                self._affinity[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, {cpu})
+        try:
+            for _ in range(self.hogs):
+                hog = subprocess.Popen(
+                    [sys.executable, "-c", _HOG_CODE, str(self.max_lifetime_s)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                self._processes.append(hog)
+                os.sched_setaffinity(hog.pid, {cpu})
+        except OSError as exc:
+            self._undo()
+            raise FaultError(f"cannot start a CPU hog beside pid {self.pid}: {exc}") from exc
+        self.cpu = cpu
+
+    def _undo(self) -> None:
+        for hog in self._processes:
+            hog.kill()
+            hog.wait()
+        self._processes = []
+        for tid, mask in self._affinity.items():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.sched_setaffinity(tid, mask)
+        self._affinity = {}
+
+    @property
+    def hog_pids(self) -> list[int]:
+        return [hog.pid for hog in self._processes]

@@ -1,4 +1,4 @@
-"""The ``parm`` command: the user's jobs (export, serve, demo) as subcommands."""
+"""The ``parm`` command: the user's jobs (train, export, eval, serve, demo, bench, loadtest) as subcommands."""
 
 from __future__ import annotations
 
@@ -18,8 +18,47 @@ def _add_ports(parser: argparse.ArgumentParser) -> None:
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of data splits, initialisation and sampling")
-    parser.add_argument("--k", type=int, default=2, help="queries per coding group (ParM sum code, r = 1)")
+    parser.add_argument("--k", type=int, default=2, help="queries per coding group (default 2)")
     parser.add_argument("--quick", action="store_true", help="a few training steps only (smoke runs)")
+
+
+def _add_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--code",
+        default="sum",
+        help="sum, concat (k = 2 or 4), linear (r >= 1), learned, learned-conv or berrut (default sum)",
+    )
+    parser.add_argument("--r", type=int, default=1, help="parity queries per group (linear, learned, berrut)")
+    parser.add_argument(
+        "--parity-arch",
+        choices=["cnn", "mlp"],
+        help="parity-model family instead of F's own architecture (the only choice for an ONNX-only F)",
+    )
+    parser.add_argument("--width", type=int, default=1, help="parity-model width multiplier (default 1)")
+    parser.add_argument(
+        "--parity-init",
+        choices=["fresh", "f"],
+        default="fresh",
+        help="parity models start from random weights (ParM, default) or from F's own weights",
+    )
+    parser.add_argument(
+        "--distill", type=float, default=0.0, help="weight of the distillation term in parity training (default 0)"
+    )
+    parser.add_argument("--epochs", type=int, help="training epochs of the code (default: the code's own)")
+
+
+def _add_f_and_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--f",
+        dest="f_source",
+        metavar="F",
+        help="your F: an .onnx file, a TorchScript file, or package.module:Class (default: train a digits CNN)",
+    )
+    parser.add_argument("--weights", type=Path, help="state dict for --f package.module:Class")
+    parser.add_argument("--data", type=Path, help="queries: .npy/.npz (x, optional y), an image folder, or IDX")
+    parser.add_argument("--labels", type=Path, help="IDX labels for --data IDX images (optional)")
+    parser.add_argument("--input-name", help="F's input name (torch F; default: its forward argument's name)")
+    parser.add_argument("--output-name", help="F's output name (torch F; default: output)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +67,42 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     export = commands.add_parser(
-        "export", help="train F and its parity model on digits, export them, write a model repository"
+        "export",
+        help="train F's code (and F, for the default digits model), export every network, write a model repository",
     )
     export.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY, help="model repository to (re)write")
     export.add_argument("--work-dir", type=Path, default=Path("runs/export"), help="checkpoints, exports, logs")
+    export.add_argument("--name", help="F's model name in the repository (default: digits, or F's file/class name)")
     _add_training(export)
+    _add_code(export)
+    _add_f_and_data(export)
+
+    train = commands.add_parser(
+        "train", help="train and export F's code into the work folder only; a later `parm export` reuses it"
+    )
+    train.add_argument("--work-dir", type=Path, default=Path("runs/export"), help="checkpoints, exports, logs")
+    _add_training(train)
+    _add_code(train)
+    _add_f_and_data(train)
+
+    evaluate = commands.add_parser(
+        "eval", help="accuracy report: F with every answer vs codes' degraded mode and baselines (JSON, MD, PNG)"
+    )
+    evaluate.add_argument(
+        "--codes",
+        nargs="+",
+        metavar="NAME:K[:R]",
+        help="codes to train (or reload) and compare, e.g. sum:2 concat:4 linear:3:2 learned:2 berrut:4, with "
+        "options after @: sum:4@w2 (parity width 2), sum:3@finit,distill (parity model starts from F's weights, "
+        "distillation term) (default: ParM sum, concatenation and r = 2, learned codes and Berrut at k = 2..4)",
+    )
+    evaluate.add_argument("--repository", type=Path, help="report on this model repository's ONNX files instead")
+    evaluate.add_argument("--out", type=Path, default=Path("runs/eval"), help="where report.{json,md,png} go")
+    evaluate.add_argument("--work-dir", type=Path, default=Path("runs/eval"), help="checkpoints (reused by reruns)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of data splits, initialisation and sampling")
+    evaluate.add_argument("--quick", action="store_true", help="a few training steps only (smoke runs)")
+    evaluate.add_argument("--no-baselines", action="store_true", help="skip the default-answer and backup rows")
+    _add_f_and_data(evaluate)
 
     serve = commands.add_parser("serve", help="serve a model repository on the embedded Triton server (CPU)")
     serve.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
@@ -43,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where the demo writes everything")
     _add_training(demo)
     _add_ports(demo)
+
+    from parm.loadtest.cli import add_bench_parser, add_loadtest_parser
+
+    add_bench_parser(commands)
+    add_loadtest_parser(commands)
     return parser
 
 
@@ -61,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             host=args.host,
         )
-    from parm.jobs import demo, export_repository
+    if args.command in ("bench", "loadtest"):
+        from parm.loadtest.cli import run_bench_command, run_loadtest_command
 
-    if args.command == "export":
-        export_repository(args.out, args.work_dir, seed=args.seed, k=args.k, quick=args.quick)
-        return 0
+        return run_bench_command(args) if args.command == "bench" else run_loadtest_command(args)
+    from parm.jobs import demo, run_offline_command
+
+    if args.command in ("export", "train", "eval"):
+        return run_offline_command(args)
     return demo(
         args.work_dir,
         seed=args.seed,

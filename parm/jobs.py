@@ -1,12 +1,19 @@
-"""The jobs behind ``parm export`` and ``parm demo``, as functions (the CLI only parses arguments)."""
+"""The jobs behind ``parm train``, ``parm export``, ``parm eval`` and ``parm demo``, as functions (the CLI only parses
+arguments)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
+import sys
 from pathlib import Path
 
+from parm.errors import ParmError
+from parm.export.coding import CodeConfig
 from parm.export.data import load_digits_splits
-from parm.export.pipeline import DigitsArtifacts, train_and_export_digits
+from parm.export.pipeline import DataSpec, ExportArtifacts, FSpec, run_export
+from parm.export.report import Report
 from parm.export.repository import CodedDeployment, write_repository
 
 logger = logging.getLogger(__name__)
@@ -16,29 +23,148 @@ MAX_BATCH_SIZE = 32
 
 
 def export_repository(
-    out: Path, work_dir: Path, seed: int = 0, k: int = 2, quick: bool = False
-) -> tuple[DigitsArtifacts, CodedDeployment]:
-    """Trains F and its parity model on digits, exports and verifies them, and writes the model repository."""
-    artifacts = train_and_export_digits(work_dir, seed=seed, k=k, quick=quick)
+    out: Path,
+    work_dir: Path,
+    seed: int = 0,
+    k: int = 2,
+    quick: bool = False,
+    code: CodeConfig | None = None,
+    f_spec: FSpec | None = None,
+    data: DataSpec | None = None,
+    name: str | None = None,
+    max_batch_size: int = MAX_BATCH_SIZE,
+) -> tuple[ExportArtifacts, CodedDeployment]:
+    """Trains F's code (and F itself, for the default digits model), exports and verifies every network, and writes
+    the model repository. With no options: the default digits repository (ParM sum code, k from ``k``)."""
+    code = code or CodeConfig("sum", k)
+    f_spec = f_spec or FSpec()
+    artifacts = run_export(work_dir, code, f_spec, data, seed=seed, quick=quick)
     deployment = CodedDeployment(
-        name=F_NAME,
+        name=name or (F_NAME if f_spec.source is None else _model_name(f_spec.source)),
         inputs=artifacts.f_inputs,
         outputs=artifacts.f_outputs,
-        max_batch_size=MAX_BATCH_SIZE,
-        k=k,
+        max_batch_size=max_batch_size,
+        k=code.k,
+        code=code.code,
+        r=code.r,
     )
-    onnx = artifacts.onnx
-    write_repository(
-        out, deployment, {"f": onnx.f, "parity": onnx.parity, "encoder": onnx.encoder, "decoder": onnx.decoder}
-    )
+    write_repository(out, deployment, artifacts.onnx)
     accuracy = artifacts.accuracy
-    print(f"F ({F_NAME}) test accuracy, all answers available: {_pct(accuracy.f_accuracy)}")
-    print(
-        f"ParM k={k} degraded-mode test accuracy (one answer rebuilt): {_pct(accuracy.degraded_accuracy)} "
-        f"(agrees with F's own answer {_pct(accuracy.degraded_agreement_with_f)})"
-    )
+    print(f"F ({deployment.name}) test accuracy, all answers available: {_pct(accuracy.f_accuracy)}")
+    for erased in accuracy.by_erasures:
+        print(
+            f"{code.label} degraded-mode test accuracy ({erased.erased} answer(s) rebuilt): {_pct(erased.accuracy)} "
+            f"(agrees with F's own answer {_pct(erased.agreement_with_f)})"
+        )
     print(f"Model repository written to {out} (training took {artifacts.train_seconds:.0f} s)")
     return artifacts, deployment
+
+
+def train_only(
+    work_dir: Path,
+    code: CodeConfig,
+    f_spec: FSpec | None = None,
+    data: DataSpec | None = None,
+    seed: int = 0,
+    quick: bool = False,
+) -> ExportArtifacts:
+    """``parm train``: trains and exports F's code into ``work_dir`` (checkpoints included); a later
+    ``parm export`` with the same options and work folder reloads it instead of training again."""
+    artifacts = run_export(work_dir, code, f_spec, data, seed=seed, quick=quick)
+    accuracy = artifacts.accuracy
+    print(f"F test accuracy, all answers available: {_pct(accuracy.f_accuracy)}")
+    print(f"{code.label} degraded-mode test accuracy (1 rebuilt): {_pct(accuracy.degraded_accuracy)}")
+    print(f"Checkpoints and exports in {work_dir}; run `parm export` with the same options to write a repository")
+    return artifacts
+
+
+def evaluate(
+    out: Path,
+    work_dir: Path,
+    codes: list[CodeConfig] | None = None,
+    repository: Path | None = None,
+    f_spec: FSpec | None = None,
+    data: DataSpec | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    baselines: bool = True,
+) -> Report:
+    """``parm eval``: the accuracy report of a set of codes (or of one repository), written as JSON, Markdown and
+    PNG under ``out`` and printed as the Markdown table."""
+    from parm.export.evaluate import DEFAULT_CODES, evaluate_codes, evaluate_repository
+
+    if repository is not None:
+        report = evaluate_repository(repository, data, seed=seed)
+    else:
+        chosen = codes or [CodeConfig.parse(text) for text in DEFAULT_CODES]
+        report = evaluate_codes(chosen, work_dir, f_spec, data, seed=seed, quick=quick, baselines=baselines)
+    paths = report.save(out)
+    print(report.to_markdown())
+    print(f"Report written to {paths['json']}, {paths['md']} and {paths['png']}")
+    return report
+
+
+def run_offline_command(args: argparse.Namespace) -> int:
+    """Runs ``parm export``, ``parm train`` or ``parm eval`` from parsed CLI arguments.
+
+    A bad option or input (unknown code, k the code does not take, unreadable F or queries, a learned code for an
+    ONNX-only F) exits with 2 and one line naming the problem; ``-v`` shows the traceback instead.
+    """
+    f_spec = FSpec(args.f_source, args.weights, args.input_name, args.output_name)
+    data = DataSpec(args.data, args.labels)
+    try:
+        if args.command == "eval":
+            codes = [CodeConfig.parse(text) for text in args.codes] if args.codes else None
+            evaluate(
+                args.out,
+                args.work_dir,
+                codes,
+                args.repository,
+                f_spec,
+                data,
+                seed=args.seed,
+                quick=args.quick,
+                baselines=not args.no_baselines,
+            )
+        elif args.command == "train":
+            train_only(args.work_dir, _code_from_args(args), f_spec, data, seed=args.seed, quick=args.quick)
+        else:
+            export_repository(
+                args.out,
+                args.work_dir,
+                seed=args.seed,
+                quick=args.quick,
+                code=_code_from_args(args),
+                f_spec=f_spec,
+                data=data,
+                name=args.name,
+            )
+    except (ValueError, ParmError) as error:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"parm {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _code_from_args(args: argparse.Namespace) -> CodeConfig:
+    train = None
+    if args.epochs is not None:
+        from parm.export.codes import get_code
+        from parm.export.coding import LEARNED_CONFIG, PARITY_CONFIG
+
+        base = LEARNED_CONFIG if get_code(args.code).trainable else PARITY_CONFIG
+        train = dataclasses.replace(base, epochs=args.epochs)
+    return CodeConfig(
+        args.code, args.k, args.r, args.parity_arch, args.width, args.parity_init, args.distill, train=train
+    )
+
+
+def _model_name(source: str) -> str:
+    """A Triton model name from F's file or class name: letters, digits and underscores."""
+    stem = Path(source).stem if ":" not in source else source.rsplit(":", 1)[1]
+    cleaned = "".join(c if c.isalnum() else "_" for c in stem).strip("_").lower()
+    return cleaned or "model"
 
 
 def demo(

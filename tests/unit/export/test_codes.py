@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from parm.backend.orchestrator import contract
-from parm.export.codes import Code, SubtractionDecoder, SumEncoder, get_code, register_code
+from parm.export.codes import CodeShape, ParityKind, SubtractionDecoder, SumEncoder, get_code, register_code
 
 
 def _erased(k: int, slot: int) -> torch.Tensor:
@@ -70,11 +70,19 @@ def test_erased_slot_may_hold_nan_and_available_slots_pass_through() -> None:
 
 def test_registry() -> None:
     code = get_code("sum")
-    assert isinstance(code.make_encoder(3), SumEncoder) and isinstance(code.make_decoder(3), SubtractionDecoder)
-    assert code.make_encoder(3).k == 3 and code.make_decoder(3).r == 1
-    with pytest.raises(KeyError, match="known codes: \\['sum'"):
+    shape = CodeShape(3)
+    assert isinstance(code.encoder(shape), SumEncoder) and isinstance(code.decoder(shape), SubtractionDecoder)
+    assert code.encoder(shape).k == 3 and code.decoder(shape).r == 1
+    assert code.parity is ParityKind.TRAINED
+    with pytest.raises(
+        KeyError, match="known codes: \\['berrut', 'concat', 'learned', 'learned-conv', 'linear', 'sum'"
+    ):
         get_code("nope")
     with pytest.raises(ValueError, match="already registered"):
-        register_code(Code("sum", SumEncoder, SubtractionDecoder, needs_parity_model=True))
+        register_code(code)
+    with pytest.raises(ValueError, match="code 'sum' has at most r=1"):
+        code.encoder(CodeShape(3, 2))
+    with pytest.raises(ValueError, match=r"code 'concat' is defined for k in \[2, 4\], got k=3"):
+        get_code("concat").encoder(CodeShape(3, 1, (1, 8, 8)))
     with pytest.raises(ValueError, match="k >= 2"):
         SumEncoder(1)

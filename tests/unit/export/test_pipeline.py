@@ -21,13 +21,13 @@ def test_quick_pipeline_writes_every_file(tmp_path: Path) -> None:
         "parity.onnx",
     ]
     assert sorted(p.name for p in (out / "torchscript").iterdir()) == ["decoder.pt", "encoder.pt", "f.pt", "parity.pt"]
-    assert artifacts.onnx.parity == out / "onnx" / "parity.onnx"
-    assert artifacts.torchscript.decoder == out / "torchscript" / "decoder.pt"
-    assert [i.name for i in onnx.load(str(artifacts.onnx.parity)).graph.input] == ["input"]
+    assert artifacts.onnx["parity"] == out / "onnx" / "parity.onnx"
+    assert artifacts.torchscript["decoder"] == out / "torchscript" / "decoder.pt"
+    assert [i.name for i in onnx.load(str(artifacts.onnx["parity"])).graph.input] == ["input"]
 
     record = json.loads(artifacts.training_json.read_text())
     assert record["seed"] == 3 and record["k"] == 2 and record["quick"] is True and record["code"] == "sum"
-    assert record["f_config"]["max_steps"] == 5 and record["parity_training"]["steps"] == 5
+    assert record["f_config"]["max_steps"] == 5 and record["code_training"]["steps"] == 5
     assert record["test_accuracy"]["erasures"] % 360 == 0  # every test query erased once per grouping
     assert "git_commit" in record
 

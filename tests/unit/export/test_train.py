@@ -3,15 +3,25 @@ for an exact parity model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from parm.export.codes import SubtractionDecoder, SumEncoder
+import parm.export.train as train_module
+from parm.export.codes import CodeShape, SubtractionDecoder, SumEncoder, get_code
 from parm.export.data import Dataset, DataSplits, load_digits_splits
 from parm.export.models import DigitsCNN, build_parity_model
-from parm.export.train import TrainConfig, degraded_accuracy, train_classifier, train_parity
+from parm.export.train import (
+    TrainConfig,
+    degraded_accuracy,
+    erasure_patterns,
+    train_classifier,
+    train_learned_code,
+    train_parity,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +111,82 @@ def test_parity_model_has_f_architecture_and_fresh_weights() -> None:
         build_parity_model(nn.Linear(2, 2), width=2)
     linear = nn.Linear(3, 2)
     assert not torch.equal(build_parity_model(linear).weight, linear.weight)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(
+    digits: DataSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=4)
+    torch.manual_seed(0)
+    straight = DigitsCNN()
+    expected = train_classifier(straight, digits.train, digits.val, cfg)
+
+    checkpoint = tmp_path / "f.pt"
+    calls = {"n": 0}
+    real_accuracy = train_module.accuracy
+
+    def interrupted(model: nn.Module, data: Dataset) -> float:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # dies while validating epoch 2: the checkpoint holds epoch 1
+        return real_accuracy(model, data)
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(train_module, "accuracy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(DigitsCNN(), digits.train, digits.val, cfg, checkpoint=checkpoint)
+    monkeypatch.setattr(train_module, "accuracy", real_accuracy)
+    torch.manual_seed(0)
+    resumed = DigitsCNN()
+    result = train_classifier(resumed, digits.train, digits.val, cfg, checkpoint=checkpoint)
+    assert [h.epoch for h in result.history] == [1, 2, 3] and result.steps == expected.steps
+    assert [h.loss for h in result.history] == pytest.approx([h.loss for h in expected.history], rel=1e-5)
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=1e-5)
+    # a finished checkpoint reloads the best epoch without training; another config is refused
+    again = DigitsCNN()
+    assert train_classifier(again, digits.train, digits.val, cfg, checkpoint=checkpoint).best_epoch == result.best_epoch
+    with pytest.raises(ValueError, match="saved for config"):
+        train_classifier(DigitsCNN(), digits.train, digits.val, TrainConfig(2, 64, 3e-3), checkpoint=checkpoint)
+
+
+def test_r_parity_models_train_together_and_are_judged_on_every_erasure_pattern(digits: DataSplits) -> None:
+    torch.manual_seed(0)
+    f = DigitsCNN()
+    train_classifier(f, digits.train, digits.val, TrainConfig(epochs=2, batch_size=32, lr=3e-3))
+    code = get_code("linear")
+    shape = CodeShape(3, 2, (1, 8, 8), (10,))
+    encoder, decoder = code.encoder(shape), code.decoder(shape)
+    torch.manual_seed(1)
+    parities = [build_parity_model(f) for _ in range(2)]
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=2, groups_per_epoch=320, distill_weight=0.5)
+    result = train_parity(parities, f, Dataset(digits.train.x), digits.val, cfg, 3, encoder, decoder)
+    assert result.history[-1].loss < result.history[0].loss
+    report = degraded_accuracy(f, parities, digits.val, 3, encoder, decoder, seed=cfg.seed)
+    assert [e.erased for e in report.by_erasures] == [1, 2]
+    assert report.by_erasures[1].rebuilt == 2 * report.by_erasures[0].rebuilt  # 3 pairs x 2 slots vs 3 slots
+    mean_agreement = sum(e.agreement_with_f for e in report.by_erasures) / 2
+    assert result.best_val_metric == pytest.approx(mean_agreement)
+
+
+def test_learned_code_loss_falls_through_a_frozen_f(digits: DataSplits) -> None:
+    torch.manual_seed(0)
+    f = DigitsCNN()
+    train_classifier(f, digits.train, digits.val, TrainConfig(epochs=2, batch_size=32, lr=3e-3))
+    before = {name: p.clone() for name, p in f.state_dict().items()}
+    code = get_code("learned")
+    shape = CodeShape(2, 1, (1, 8, 8), (10,))
+    torch.manual_seed(3)
+    encoder, decoder = code.encoder(shape), code.decoder(shape)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=1e-3, seed=1, groups_per_epoch=640)
+    result = train_learned_code(encoder, decoder, f, Dataset(digits.train.x), digits.val, cfg)
+    losses = [h.loss for h in result.history]
+    assert losses[-1] < 0.9 * losses[0]
+    for name, tensor in f.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], atol=0, rtol=0)  # F stays frozen
+
+
+def test_erasure_patterns() -> None:
+    assert erasure_patterns(3, 1) == [(0,), (1,), (2,)]
+    assert erasure_patterns(3, 2) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+    assert erasure_patterns(2, 5) == [(0,), (1,), (0, 1)]

@@ -1,0 +1,275 @@
+"""``parm eval``: F's accuracy with every answer available against the degraded-mode accuracy of codes and
+baselines, on the test split, for a set of codes (trained here, or reloaded from their checkpoints) or for one
+written model repository (its ONNX files, run by onnxruntime: exactly what is served).
+
+Baselines, in the same report:
+- the default answer: the most frequent class of the training split (labels, or F's own answers without labels);
+- a cheap backup model (``models.BackupMLP``), trained on the same training split (labels, or distilled from F's
+  answers without labels), answering in F's place: ParM's "approximate backup".
+
+Cost column: F-sized evaluations spent on redundancy per query, counted in multiply-accumulates of the networks'
+convolutions and linear layers (encoder, parity side, decoder for a code of k; the backup per query), relative to F;
+an ONNX F is counted as r/k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from google.protobuf import json_format
+from torch import nn
+
+from parm.backend.orchestrator.contract import CODED_SUFFIX
+
+from .codes import get_code
+from .coding import CodeConfig, TrainedCode, train_code
+from .data import DataSplits
+from .fsource import FSource, LoadedF, OnnxCallable
+from .models import BackupMLP
+from .pipeline import (
+    QUICK_STEPS,
+    DataSpec,
+    FSpec,
+    code_checkpoint,
+    f_key,
+    fingerprint,
+    load_splits,
+    prepare_f,
+    quick_config,
+    torch_threads,
+)
+from .report import Report, ReportRow
+from .repository import read_config
+from .train import TrainConfig, degraded_accuracy, predict, train_classifier, train_distilled
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CODES = (
+    "sum:2",
+    "sum:3",
+    "sum:4",
+    "sum:4@w2",
+    "concat:2",
+    "concat:4",
+    "linear:3:2",
+    "linear:4:2",
+    "learned:2",
+    "learned:3",
+    "learned:4",
+    "learned-conv:2",
+    "learned-conv:3",
+    "learned-conv:4",
+    "berrut:2",
+    "berrut:3",
+    "berrut:4",
+)
+"""What ``parm eval`` compares by default: ParM (sum; at k = 4 also a parity model of twice F's width, 4x its
+cost; concatenation; r = 2 at k = 3 and 4), learned codes (MLP and convolutional encoders) and Berrut at k = 2..4."""
+BACKUP_CONFIG = TrainConfig(epochs=60, batch_size=64, lr=3e-3)
+
+
+def count_macs(module: nn.Module, *example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``module`` on ``example`` through its Conv2d and Linear layers."""
+    total = 0
+
+    def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            total += output.numel() * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
+        else:
+            total += inputs[0].numel() // layer.in_features * layer.in_features * layer.out_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            module.eval()(*example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def extra_per_query(trained: TrainedCode, f: LoadedF) -> float:
+    """Redundant work per query, in F evaluations: (encoder + parity side + decoder) / (k F), by MACs of one group
+    with batch 1; r/k when F is ONNX-only (its MACs are not counted)."""
+    k, r = trained.config.k, trained.config.r
+    query = torch.zeros(1, *f.input.dims)
+    f_macs = 0 if f.source is FSource.ONNX else count_macs(f.module, query)
+    if f_macs == 0:
+        return r / k
+    parity = sum(count_macs(model, query) for model in trained.parity_side(f.module))
+    encoder = count_macs(trained.encoder, torch.zeros(k, 1, *f.input.dims))
+    decoder = count_macs(
+        trained.decoder, torch.zeros(r, 1, *f.output.dims), torch.zeros(k, 1, *f.output.dims), torch.ones(k)
+    )
+    return (encoder + parity + decoder) / (k * f_macs)
+
+
+def _majority(labels: np.ndarray) -> int:
+    return int(np.bincount(labels).argmax())
+
+
+def baseline_rows(f: LoadedF, splits: DataSplits, seed: int, work_dir: Path, quick: bool) -> list[ReportRow]:
+    """The default answer and the backup model, on the test split."""
+    test_x = torch.from_numpy(splits.test.x)
+    f_test = predict(f.module, test_x).argmax(dim=1).numpy()
+    train_targets = splits.train.y
+    if train_targets is None:
+        train_targets = predict(f.module, torch.from_numpy(splits.train.x)).argmax(dim=1).numpy()
+    default = _majority(train_targets)
+    labels = splits.test.y
+    rows = [
+        ReportRow(
+            name="default answer",
+            kind="baseline",
+            k=None,
+            r=None,
+            accuracy=None if labels is None else float(np.mean(labels == default)),
+            agreement_with_f=float(np.mean(f_test == default)),
+            extra_per_query=0.0,
+            note=f"always class {default}",
+        )
+    ]
+    cfg = dataclasses.replace(BACKUP_CONFIG, seed=seed)
+    if quick:
+        cfg = quick_config(cfg)
+    checkpoint = work_dir / "checkpoints" / f"backup-{fingerprint(cfg, splits.train.x, f_key(FSpec(), f))}.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        backup = BackupMLP(tuple(f.input.dims), f.output_size)
+        if splits.train.y is not None and splits.val.y is not None:
+            result = train_classifier(backup, splits.train, splits.val, cfg, checkpoint=checkpoint)
+        else:
+            result = train_distilled(backup, f.module, splits.train, splits.val, cfg, checkpoint=checkpoint)
+    predicted = predict(backup, test_x).argmax(dim=1).numpy()
+    example = torch.zeros(1, *f.input.dims)
+    f_macs = count_macs(f.module, example) if f.source is not FSource.ONNX else 0
+    backup_macs = count_macs(backup, example)
+    rows.append(
+        ReportRow(
+            name="backup model",
+            kind="baseline",
+            k=None,
+            r=None,
+            accuracy=None if labels is None else float(np.mean(predicted == labels)),
+            agreement_with_f=float(np.mean(predicted == f_test)),
+            extra_per_query=backup_macs / f_macs if f_macs else None,
+            train_seconds=result.seconds,
+            note=f"MLP 1x32, {sum(p.numel() for p in backup.parameters())} parameters",
+        )
+    )
+    return rows
+
+
+def evaluate_codes(
+    codes: Sequence[CodeConfig],
+    work_dir: Path,
+    f_spec: FSpec | None = None,
+    data: DataSpec | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    baselines: bool = True,
+) -> Report:
+    """Trains (or reloads from ``work_dir``'s checkpoints) F and every code, and reports on the test split."""
+    started = time.perf_counter()
+    work_dir = Path(work_dir)
+    f_spec, data = f_spec or FSpec(), data or DataSpec()
+    rows: list[ReportRow] = []
+    with torch_threads():
+        splits = load_splits(data, seed)
+        f, _ = prepare_f(f_spec, splits, work_dir, seed, quick)
+        key = f_key(f_spec, f)
+        for code in codes:
+            checkpoint = code_checkpoint(work_dir, code, key, splits, seed, quick)
+            trained = train_code(
+                code, f, splits.train, splits.val, seed, checkpoint, quick_steps=QUICK_STEPS if quick else None
+            )
+            degraded = degraded_accuracy(
+                f.module,
+                trained.parity_side(f.module),
+                splits.test,
+                code.k,
+                trained.encoder,
+                trained.decoder,
+                seed=seed,
+            )
+            note = code.variant
+            row = ReportRow.for_code(
+                get_code(code.code).title or code.code, code.k, code.r, degraded, trained.train_seconds, note
+            )
+            rows.append(dataclasses.replace(row, extra_per_query=extra_per_query(trained, f)))
+            logger.info("%s: test degraded accuracy %s", code.label, degraded)
+        if baselines:
+            rows += baseline_rows(f, splits, seed, work_dir, quick)
+        f_accuracy = None
+        if splits.test.y is not None:
+            f_pred = predict(f.module, torch.from_numpy(splits.test.x)).argmax(dim=1).numpy()
+            f_accuracy = float(np.mean(f_pred == splits.test.y))
+    return Report(
+        f_description=f.description,
+        data_description=str(data.path) if data.path else "scikit-learn digits",
+        split="test",
+        queries=len(splits.test),
+        seed=seed,
+        f_accuracy=f_accuracy,
+        rows=tuple(rows),
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+class _OnnxCode(OnnxCallable):
+    """An exported encoder or decoder, with the k and r that ``degraded_accuracy`` checks."""
+
+    def __init__(self, path: Path, k: int, r: int) -> None:
+        super().__init__(path)
+        self.k, self.r = k, r
+
+
+def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: int = 0) -> Report:
+    """Reports on a written repository's coded endpoint(s), running its ONNX files with onnxruntime."""
+    repository = Path(repository)
+    data = data or DataSpec()
+    started = time.perf_counter()
+    coded = sorted(p for p in repository.iterdir() if p.name.endswith(CODED_SUFFIX) and (p / "config.pbtxt").exists())
+    if not coded:
+        raise FileNotFoundError(f"{repository}: no coded endpoint (a '*{CODED_SUFFIX}' model) found")
+    splits = load_splits(data, seed)
+    rows: list[ReportRow] = []
+    f_accuracy, f_description = None, ""
+    with torch_threads():
+        for coded_dir in coded:
+            config = json_format.MessageToDict(
+                read_config(coded_dir / "config.pbtxt"), preserving_proto_field_name=True
+            )
+            parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
+            k = int(parameters["k"])
+            parity_names = [n.strip() for n in parameters["parity_models"].split(",") if n.strip()]
+            r = len(parity_names)
+            f_name = parameters["f_models"].split(",")[0].strip()
+            f_module = OnnxCallable(repository / f_name / "1" / "model.onnx")
+            parity = [OnnxCallable(repository / name / "1" / "model.onnx") for name in parity_names]
+            encoder = _OnnxCode(repository / parameters["encoder_model"] / "1" / "model.onnx", k, r)
+            decoder = _OnnxCode(repository / parameters["decoder_model"] / "1" / "model.onnx", k, r)
+            degraded = degraded_accuracy(f_module, parity, splits.test, k, encoder, decoder, seed=seed)
+            f_accuracy, f_description = degraded.f_accuracy, f"{f_name} (ONNX in {repository})"
+            who = (
+                "F answers the parities" if parity_names == [f_name] * r else f"parity models {', '.join(parity_names)}"
+            )
+            rows.append(ReportRow.for_code(coded_dir.name, k, r, degraded, None, who))
+    return Report(
+        f_description=f_description,
+        data_description=str(data.path) if data.path else "scikit-learn digits",
+        split="test",
+        queries=len(splits.test),
+        seed=seed,
+        f_accuracy=f_accuracy,
+        rows=tuple(rows),
+        wall_seconds=time.perf_counter() - started,
+    )

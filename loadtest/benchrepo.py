@@ -1,0 +1,305 @@
+"""The benchmark's model repository: a heavier F, its ParM parity model(s), and the models the baselines call.
+
+The default F (``DigitsCNN``) answers in well under a millisecond, less than the orchestration around it, which would
+make any tail-latency comparison about overheads rather than about stragglers. The benchmark therefore serves
+``DeepDigitsCNN`` (a residual CNN on the same digits, about 4 ms per query on one CPU thread), trained here with the
+export package's own training loops and exporters, and writes, next to the usual coded deployment:
+
+- ``deep``, ``deep_parity``, ``deep_encoder``, ``deep_decoder``, ``deep_coded``: ParM with k = 2 (F with
+  ``f_instances`` instances, the parity model with ``parity_instances``);
+- ``deep_k3_coded`` etc. for each further k asked for (their own F and parity models, same instance counts);
+- ``deep_equal``: F alone with ``f_instances + parity_instances`` instances ("equal resources", also the target of
+  hedged requests). F alone with fewer instances (no redundancy) is ``deep`` itself.
+
+Everything lands under one folder (gitignored ``runs/bench/models`` by default) with a ``manifest.json`` that
+records the spec, the model names, F's measured inference time and the parity models' degraded-mode accuracy; a later
+build with the same spec reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from parm.backend.orchestrator import TensorSpec
+from parm.errors import ConfigError
+from parm.export.coding import CodeConfig, export_code, train_code
+from parm.export.data import load_digits_splits
+from parm.export.fsource import torch_f
+from parm.export.models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE, DeepDigitsCNN
+from parm.export.pipeline import torch_threads
+from parm.export.repository import CodedDeployment, model_configs, write_repository
+from parm.export.train import TrainConfig, degraded_accuracy, train_classifier
+
+logger = logging.getLogger(__name__)
+
+F_NAME = "deep"
+EQUAL_SUFFIX = "_equal"
+MAX_BATCH_SIZE = 32
+MANIFEST = "manifest.json"
+CODE = "sum"
+QUICK_STEPS = 3
+
+
+@dataclass(frozen=True)
+class BenchModelSpec:
+    """What to build: F's size, the k values, instance counts and training budgets (small: digits is small and the
+    benchmark measures latency; the degraded-mode accuracy is recorded so the cost of a rebuild stays visible)."""
+
+    width: int = 80
+    blocks: int = 12
+    upsample: int = 2
+    ks: tuple[int, ...] = (2,)
+    f_instances: int = 2
+    parity_instances: int = 1
+    seed: int = 0
+    f_epochs: int = 4
+    parity_epochs: int = 4
+    parity_groups_per_epoch: int = 2000
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 2 for k in self.ks) or len(set(self.ks)) != len(self.ks):
+            raise ConfigError(f"ks must be distinct values >= 2, got {self.ks}")
+        if self.f_instances < 1 or self.parity_instances < 1:
+            raise ConfigError(
+                f"f_instances and parity_instances must be >= 1, got {self.f_instances}, {self.parity_instances}"
+            )
+
+    def f_config(self) -> TrainConfig:
+        cfg = TrainConfig(epochs=self.f_epochs, batch_size=64, lr=2e-3, seed=self.seed)
+        return dataclasses.replace(cfg, epochs=1, max_steps=QUICK_STEPS) if self.quick else cfg
+
+    def parity_config(self) -> TrainConfig:
+        """ParM's parity training, with a budget cut to what a deeper F allows on a small CPU."""
+        return TrainConfig(
+            epochs=self.parity_epochs,
+            batch_size=128,
+            lr=2e-3,
+            seed=self.seed,
+            groups_per_epoch=self.parity_groups_per_epoch,
+        )
+
+    def as_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "ks": list(self.ks)}
+
+
+@dataclass(frozen=True)
+class BenchRepository:
+    """A built benchmark repository: where it is and which model each scheme calls."""
+
+    root: Path
+    f_name: str
+    equal_model: str
+    coded: dict[int, str]
+    """k -> the coded endpoint of that k."""
+    f_models: dict[int, str]
+    """k -> the F model its coded endpoint calls (k = 2's is also the "F alone, fewer instances" baseline)."""
+    input_name: str
+    output_name: str
+    f_instances: int
+    parity_instances: int
+    f_inference_ms: float
+    """F's median inference time, one query, one onnxruntime thread, measured at build time outside Triton."""
+    manifest: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        """The Triton model repository."""
+        return self.root / "repository"
+
+    @property
+    def f_onnx(self) -> Path:
+        return self.path / self.f_name / "1" / "model.onnx"
+
+    @property
+    def total_instances(self) -> int:
+        return self.f_instances + self.parity_instances
+
+
+def _names(k: int) -> str:
+    return F_NAME if k == 2 else f"{F_NAME}_k{k}"
+
+
+def measure_inference_ms(onnx_file: Path, repeats: int = 200) -> float:
+    """Median time of one query through the ONNX file with one onnxruntime thread (as the CPU backend runs it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, *DIGITS_QUERY_SHAPE), dtype=np.float32)
+    for _ in range(20):
+        session.run(None, {DIGITS_INPUT: x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {DIGITS_INPUT: x})
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def load_bench_repository(root: Path) -> BenchRepository:
+    """Reads a built repository's manifest; ``ConfigError`` if there is none."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{root} holds no benchmark repository (no {MANIFEST}); build it with `parm bench --build`")
+    manifest = json.loads(path.read_text())
+    return BenchRepository(
+        root=Path(root),
+        f_name=manifest["f_name"],
+        equal_model=manifest["equal_model"],
+        coded={int(k): name for k, name in manifest["coded"].items()},
+        f_models={int(k): name for k, name in manifest["f_models"].items()},
+        input_name=manifest["input_name"],
+        output_name=manifest["output_name"],
+        f_instances=manifest["spec"]["f_instances"],
+        parity_instances=manifest["spec"]["parity_instances"],
+        f_inference_ms=manifest["f_inference_ms"],
+        manifest=manifest,
+    )
+
+
+def ensure_bench_repository(root: Path, spec: BenchModelSpec, rebuild: bool = False) -> BenchRepository:
+    """The repository under ``root``: reused when its manifest records the same spec, else (re)built."""
+    root = Path(root)
+    if not rebuild and (root / MANIFEST).is_file():
+        existing = load_bench_repository(root)
+        if existing.manifest.get("spec") == spec.as_json() and _exports_exist(root, spec):
+            logger.info("reusing the trained benchmark models in %s", root)
+            write_bench_repository(root, spec)
+            return load_bench_repository(root)
+        logger.info("the benchmark repository in %s was built from another spec: rebuilding", root)
+    return build_bench_repository(root, spec)
+
+
+def write_f_only_model(repository: Path, deployment: CodedDeployment, name: str, instances: int, onnx: Path) -> Path:
+    """F's own config (as the repository writer generates it) under another name and instance count: the model the
+    equal-resources and hedging baselines call."""
+    config = model_configs(deployment)[deployment.names.f]
+    config.name = name
+    if len(config.instance_group) != 1:
+        raise ConfigError(f"F's config has {len(config.instance_group)} instance groups; expected one")
+    config.instance_group[0].count = instances
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    shutil.copyfile(onnx, model_dir / "1" / "model.onnx")
+    return model_dir
+
+
+def build_bench_repository(root: Path, spec: BenchModelSpec) -> BenchRepository:
+    """Trains F (``DeepDigitsCNN``) and one ParM parity model per k, exports and verifies them, writes the repository.
+
+    Uses the export package's own pieces: ``train_classifier`` for F, ``train_code`` for the parity models,
+    ``export_code`` (export to ONNX and TorchScript, checked against torch) and the repository writer.
+    """
+    root = Path(root)
+    f_input = TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE)
+    f_output = TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,))
+    architecture = f"DeepDigitsCNN(width={spec.width}, blocks={spec.blocks}, upsample={spec.upsample})"
+    started = time.perf_counter()
+    accuracies: dict[str, object] = {}
+    with torch_threads(), torch.random.fork_rng(devices=[]):
+        threads = torch.get_num_threads()
+        splits = load_digits_splits(spec.seed)
+        torch.manual_seed(spec.seed)
+        f_model = DeepDigitsCNN(spec.width, spec.blocks, spec.upsample)
+        logger.info("training F = %s", architecture)
+        f_result = train_classifier(f_model, splits.train, splits.val, spec.f_config())
+        f = torch_f(f_model, f_input, f_output, architecture + " trained on scikit-learn digits")
+        for k in spec.ks:
+            logger.info("training the ParM parity model for k=%d", k)
+            trained = train_code(
+                CodeConfig(CODE, k, train=spec.parity_config()),
+                f,
+                splits.train,
+                splits.val,
+                spec.seed,
+                quick_steps=QUICK_STEPS if spec.quick else None,
+            )
+            parity_side = trained.parity_side(f.module)
+            report = degraded_accuracy(
+                f.module, parity_side, splits.test, k, trained.encoder, trained.decoder, seed=spec.seed
+            )
+            export_code(trained, f, _export_dir(root, k), spec.seed)
+            accuracies[str(k)] = {
+                "f_test_accuracy": report.f_accuracy,
+                "degraded_test_accuracy": report.degraded_accuracy,
+                "degraded_agreement_with_f": report.degraded_agreement_with_f,
+                "parity_best_epoch": None if trained.result is None else trained.result.best_epoch,
+            }
+    f_ms = measure_inference_ms(_export_dir(root, spec.ks[0]) / "onnx" / "f.onnx")
+    manifest = {
+        "spec": spec.as_json(),
+        "f_name": F_NAME,
+        "f_architecture": architecture,
+        "f_parameters": sum(p.numel() for p in f_model.parameters()),
+        "f_inference_ms": round(f_ms, 3),
+        "f_best_epoch": f_result.best_epoch,
+        "accuracy": accuracies,
+        "build_seconds": round(time.perf_counter() - started, 1),
+        "torch_threads": threads,
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_bench_repository(root, spec)
+    logger.info("benchmark repository written to %s (F %.2f ms per query)", root / "repository", f_ms)
+    return load_bench_repository(root)
+
+
+def _export_dir(root: Path, k: int) -> Path:
+    return Path(root) / "training" / f"k{k}"
+
+
+def _exports_exist(root: Path, spec: BenchModelSpec) -> bool:
+    roles = ("f", "parity", "encoder", "decoder")
+    return all((_export_dir(root, k) / "onnx" / f"{role}.onnx").is_file() for k in spec.ks for role in roles)
+
+
+def write_bench_repository(root: Path, spec: BenchModelSpec) -> Path:
+    """(Re)writes the Triton repository from the exported networks: every config, and a fresh copy of the
+    orchestrator, so a benchmark always serves the orchestrator of the working tree. Cheap: no training."""
+    root = Path(root)
+    repository = root / "repository"
+    repository.mkdir(parents=True, exist_ok=True)
+    f_input = TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE)
+    f_output = TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,))
+    coded, f_models = {}, {}
+    for k in spec.ks:
+        onnx_dir = _export_dir(root, k) / "onnx"
+        deployment = CodedDeployment(
+            name=_names(k),
+            inputs=(f_input,),
+            outputs=(f_output,),
+            max_batch_size=MAX_BATCH_SIZE,
+            k=k,
+            f_instances=spec.f_instances,
+            parity_instances=spec.parity_instances,
+        )
+        write_repository(
+            repository, deployment, {role: onnx_dir / f"{role}.onnx" for role in ("f", "parity", "encoder", "decoder")}
+        )
+        coded[str(k)], f_models[str(k)] = deployment.names.coded, deployment.names.f
+        if k == spec.ks[0]:
+            total = spec.f_instances + spec.parity_instances
+            write_f_only_model(repository, deployment, F_NAME + EQUAL_SUFFIX, total, onnx_dir / "f.onnx")
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest.update(
+        equal_model=F_NAME + EQUAL_SUFFIX,
+        coded=coded,
+        f_models=f_models,
+        input_name=DIGITS_INPUT,
+        output_name=DIGITS_OUTPUT,
+    )
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return repository

@@ -1,0 +1,107 @@
+"""A short smoke run of ``parm bench`` on the real server: the machinery, not the performance.
+
+A tiny F (quick training), a tiny rate and ~1.5 s cells: every scheme meets every fault kind; the test checks that
+the files are written, that the counts are consistent (every scheduled request sent and answered once, the server's
+count equal to the copies sent) and that every fault was undone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from parm.loadtest import faults
+from parm.loadtest.bench import BenchConfig, run_bench
+from parm.loadtest.benchrepo import BenchModelSpec, ensure_bench_repository
+from parm.loadtest.openloop import poisson_arrivals
+
+pytestmark = pytest.mark.integration
+
+SPEC = BenchModelSpec(width=8, blocks=1, upsample=1, quick=True)
+SCHEMES = ("none", "equal", "hedged", "parm")
+SCENARIOS = ("no-fault", "pause")
+SWEEP_SCENARIOS = ("starve", "kill")
+
+
+@pytest.fixture(scope="module")
+def bench_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench-models")
+    ensure_bench_repository(root, SPEC)
+    return root
+
+
+def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    config = BenchConfig(
+        out_dir=out,
+        models_dir=bench_models,
+        model_spec=SPEC,
+        rate=20.0,
+        duration_s=1.2,
+        warmup_s=0.2,
+        rounds=2,
+        schemes=SCHEMES,
+        scenarios=SCENARIOS,
+        sweep_rates=(10.0,),
+        sweep_schemes=("equal", "parm"),
+        sweep_scenarios=SWEEP_SCENARIOS,
+        hit_fraction=0.3,
+        pause_min_s=0.1,
+        pause_max_s=0.2,
+        starve_window_s=0.4,
+        starve_every_s=0.8,
+        timeout_s=5.0,
+    )
+    outcome = run_bench(config)
+
+    for name in ("summary.json", "summary.md", "requests.csv", "faults.jsonl", "cdf.png", "cdf_rate10.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    cells = summary["cells"]
+    schemes = {"none", "equal", "hedged", "parm-k2"}
+    expected = {(20.0, scenario, scheme) for scenario in SCENARIOS for scheme in schemes}
+    expected |= {(10.0, scenario, scheme) for scenario in SWEEP_SCENARIOS for scheme in ("equal", "parm-k2")}
+    assert {(c["rate"], c["scenario"], c["scheme"]) for c in cells} == expected
+    assert len(outcome.cells) == len(expected)
+
+    with open(out / "requests.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = [(r["rate"], r["scenario"], r["scheme"], r["index"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a request appears twice"
+    assert len(rows) == sum(c["count"] for c in cells)
+
+    for c in cells:
+        where = f"{c['rate']}/{c['scenario']}/{c['scheme']}"
+        scheduled = poisson_arrivals(c["rate"], config.duration_s, config.seed + int(c["rate"] * 1000))
+        assert c["count"] == len(scheduled) > 0, where
+        assert c["ok"] + c["errors"] == c["count"], where
+        assert c["lost"] == 0 and c["duplicated"] == 0, where
+        assert c["copies"] == c["answers"], where
+        assert c["server_requests"] == c["copies"], where
+        assert c["faults_undone"], where
+        assert sum(c["error_kinds"].values()) == c["errors"], where
+        if c["scenario"] != "no-fault":
+            assert c["faults"] >= 1 and c["fault_errors"] == 0, where
+        if c["scheme"] == "hedged":
+            assert c["copies"] >= c["count"] and c["hedge_delay_ms"] > 0, where
+        else:
+            assert c["copies"] == c["count"], where
+        if c["scenario"] != "kill":
+            assert c["errors"] == 0, (where, c["error_kinds"])
+
+    faults_logged = [json.loads(line) for line in (out / "faults.jsonl").read_text().splitlines()]
+    kinds = {f["kind"] for f in faults_logged}
+    assert {"pause", "kill"} <= kinds and kinds & {"cpu-quota", "cpu-hog"}
+    for f in faults_logged:
+        assert f["error"] is None and f["applied_at"] is not None
+        if f["kind"] != "kill":
+            assert f["undone_at"] is not None and f["undone_at"] >= f["applied_at"]
+    assert faults.active_faults() == []
+    for child in psutil.Process().children(recursive=True):
+        assert child.status() != psutil.STATUS_STOPPED
+    assert summary["targets"], "the target checks are reported"
+    assert "| rate/s |" in (out / "summary.md").read_text()
