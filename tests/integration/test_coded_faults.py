@@ -162,3 +162,19 @@ def test_members_in_flight_together_never_share_an_f_instance(start_server, digi
         server.stop()
     assert waited["default"] == 0, waited
     assert waited["dynamic-batching"] > 0, waited
+
+
+def test_past_capacity_requests_are_shed_with_a_clear_error_and_service_recovers(start_server, digits, tmp_path):
+    """Driven past ``max_in_flight`` (every F instance paused, more clients than slots): the excess is refused at
+    once with a clear error instead of queueing without bound, and the rest are answered once F resumes."""
+    server = start_server(variant(tmp_path, {"max_in_flight": "3", "request_timeout_ms": "5000"}))
+    both = faults.find_instance_pids(server.pid, F).values()
+    outcomes = burst_during(both, server, digits, rows=range(12), pause_s=0.6, clients=12)
+    shed = [o for o in outcomes if o.error and "overloaded" in o.error]
+    assert shed, [o.error for o in outcomes]
+    for outcome in shed:
+        assert "max_in_flight=3" in outcome.error
+        assert outcome.latency < 0.5, "shedding answers at once, not after the fault"
+    assert all(o.error is None or "overloaded" in o.error for o in outcomes)
+    assert any(o.error is None for o in outcomes)
+    assert_serves_normally_afterwards(server, digits)
