@@ -395,15 +395,18 @@ def test_parity_computations_in_flight_are_bounded():
 
 def test_the_fill_timeout_follows_f_latency_so_lone_members_answered_in_time_cost_no_parity():
     async def scenario():
-        h = Harness(f=LinearF(delay=0.02), fill_timeout_ms=1.0, fill_timeout_quantile=0.9, decode_after_ms=300.0)
+        f = LinearF(delay=0.04)
+        h = Harness(f=f, fill_timeout_ms=1.0, fill_timeout_quantile=0.9, decode_after_ms=300.0)
         assert h.dispatcher.fill_timeout == 0.001
         for index in range(32):
             await h.answer(h.submit(round(0.001 * (index + 1), 6)))
-        assert 0.02 <= h.dispatcher.fill_timeout < 0.2
+        assert 0.04 <= h.dispatcher.fill_timeout < 0.4
+        f.delay = 0.005  # F now answers well within the learned fill timeout
         parity_calls = h.parity.calls
         for index in range(5):
             await h.answer(h.submit(round(0.5 + 0.001 * index, 6)))
-            await h.settle(h.dispatcher.fill_timeout)
+            await h.settle(0.06)
         assert h.parity.calls == parity_calls, "lone members answered within the fill timeout need no parity"
+        assert h.dispatcher.stats.groups_unneeded >= 5
 
     run(scenario())
