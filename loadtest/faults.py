@@ -26,6 +26,7 @@ pause under ``PAUSE_HEALTH_LIMIT_S`` (``max_seconds`` resumes automatically); lo
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import logging
@@ -104,7 +105,7 @@ def find_instance_pid(server_pid: int, model: str, instance_index: int = 0, *, g
     return next(iter(pids.values()))
 
 
-class Fault:
+class Fault(abc.ABC):
     """A fault on one process: ``apply()`` injects it, ``undo()`` removes it (idempotent, thread-safe, and a no-op
     once the process is gone). As a context manager it is applied on entry and always undone on exit.
 
@@ -178,13 +179,15 @@ class Fault:
             )  # fmt: skip
             self._check_duration()
 
+    @abc.abstractmethod
     def _apply(self) -> None:
-        raise NotImplementedError
+        """Injects the fault into ``self.pid``."""
 
+    @abc.abstractmethod
     def _undo(self) -> None:
-        raise NotImplementedError
+        """Takes the fault back; called once, whatever happened."""
 
-    def _check_duration(self) -> None:
+    def _check_duration(self) -> None:  # noqa: B027 (an optional hook: a no-op unless a fault overrides it)
         """Hook run after undo: subclasses warn when the fault lasted longer than the server tolerates."""
 
     def __enter__(self) -> Fault:
