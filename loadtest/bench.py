@@ -45,7 +45,7 @@ import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
 
-from parm.errors import ConfigError, ServerError
+from parm.errors import ConfigError
 from parm.export.data import load_digits_splits
 from parm.server import TritonServer
 
@@ -428,18 +428,6 @@ class Bench:
             logger.warning("cannot read the server's statistics of %s: %s", model, exc)
             return None
 
-    def _reload(self, model: str) -> None:
-        """Unloads and loads ``model`` so that every instance runs again (after a kill)."""
-        assert self.server is not None
-        with grpcclient.InferenceServerClient(self.server.grpc_url) as client:
-            client.unload_model(model)
-            client.load_model(model)
-            deadline = time.monotonic() + 60
-            while not client.is_model_ready(model):
-                if time.monotonic() > deadline:
-                    raise ServerError(f"model {model} is not ready 60 s after its reload")
-                time.sleep(0.1)
-
     # -- cells -------------------------------------------------------------------------------------------------------
 
     async def _load(
@@ -508,7 +496,7 @@ class Bench:
         cell.fault_offsets += [piece.start_s] * len(log)
         cell.server_requests.append(None if before is None or after is None else after - before)
         if cell.scenario.destructive:
-            self._reload(scheme.fault_model)
+            server.reload_model(scheme.fault_model)
         if scheme.kind is SchemeKind.EQUAL and cell.scenario.name == "no-fault" and len(result.latencies):
             self.hedge_delay_s.setdefault(cell.rate, float(np.percentile(result.latencies, 95)))
         return result

@@ -1,4 +1,4 @@
-"""The ``parm bench`` and ``parm loadtest`` subcommands: their options, and the jobs behind them."""
+"""The ``parm bench``, ``parm soak`` and ``parm loadtest`` subcommands: their options, and the jobs behind them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import argparse
 import contextlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .benchrepo import BenchModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,22 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The benchmark models' options, shared by ``bench`` and ``soak`` (same spec: same trained models)."""
+    parser.add_argument("--models", type=Path, default=Path("runs/bench/models"), help="benchmark models (built here)")
+    parser.add_argument("--ks", type=_ints, default=(2,), help="ParM k values to build, comma-separated (default 2)")
+    parser.add_argument("--width", type=int, default=80, help="F's channels (DeepDigitsCNN, default 80)")
+    parser.add_argument("--blocks", type=int, default=12, help="F's residual blocks (default 12)")
+    parser.add_argument("--quick-models", action="store_true", help="a few training steps only (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _model_spec(args: argparse.Namespace) -> BenchModelSpec:
+    from .benchrepo import BenchModelSpec  # torch comes with it: only for the commands that need it
+
+    return BenchModelSpec(width=args.width, blocks=args.blocks, ks=args.ks, seed=args.seed, quick=args.quick_models)
+
+
 def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
@@ -31,13 +51,9 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         "faults.jsonl and latency-tail plots. Builds the benchmark models (a heavier F) on first use.",
     )
     bench.add_argument("--out", type=Path, default=Path("runs/bench/latest"), help="output folder")
-    bench.add_argument("--models", type=Path, default=Path("runs/bench/models"), help="benchmark models (built here)")
+    _add_model_options(bench)
     bench.add_argument("--build-only", action="store_true", help="build (or reuse) the benchmark models and stop")
     bench.add_argument("--rebuild", action="store_true", help="retrain the benchmark models even if they exist")
-    bench.add_argument("--ks", type=_ints, default=(2,), help="ParM k values to build, comma-separated (default 2)")
-    bench.add_argument("--width", type=int, default=80, help="F's channels (DeepDigitsCNN, default 80)")
-    bench.add_argument("--blocks", type=int, default=12, help="F's residual blocks (default 12)")
-    bench.add_argument("--quick-models", action="store_true", help="a few training steps only (smoke runs)")
     bench.add_argument("--rate", type=float, default=40.0, help="offered load, requests/s (default 40)")
     bench.add_argument("--duration", type=float, default=30.0, help="seconds per cell (default 30)")
     bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each cell (default 2)")
@@ -59,19 +75,16 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     bench.add_argument("--starve-cpus", type=float, default=0.1, help="CPU quota while starved (default 0.1)")
     bench.add_argument("--hedge-delay-ms", type=float, default=None, help="default: equal's fault-free p95")
     bench.add_argument("--profile", type=float, default=0.0, metavar="SECONDS", help="py-spy the coded endpoint")
-    bench.add_argument("--seed", type=int, default=0)
     return bench
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_bench
-    from .benchrepo import BenchModelSpec
 
-    spec = BenchModelSpec(width=args.width, blocks=args.blocks, ks=args.ks, seed=args.seed, quick=args.quick_models)
     config = BenchConfig(
         out_dir=args.out,
         models_dir=args.models,
-        model_spec=spec,
+        model_spec=_model_spec(args),
         rebuild=args.rebuild,
         rate=args.rate,
         duration_s=args.duration,
@@ -162,3 +175,57 @@ def run_loadtest_command(args: argparse.Namespace) -> int:
     if result.returncode != 0 or not result.rows:
         print(result.output_tail)
     return 0 if result.returncode == 0 and not result.hard_stopped and result.rows else 1
+
+
+def add_soak_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    soak = commands.add_parser(
+        "soak",
+        help="minutes of steady load on the coded endpoint under random pauses and kills: nothing lost, "
+        "nothing duplicated, memory bounded",
+        description="Open-loop Poisson load on the benchmark's coded endpoint while random F and parity instances "
+        "are paused (SIGSTOP) and killed (SIGKILL, then the model is reloaded); checks that every request got exactly "
+        "one answer, that every error overlapped a fault, and that the orchestrator's RSS stayed bounded. Writes "
+        "soak.json, soak.md, soak.png, requests.csv, faults.jsonl, memory.csv; exits 1 if a check fails.",
+    )
+    soak.add_argument("--out", type=Path, default=Path("runs/soak/latest"), help="output folder")
+    _add_model_options(soak)
+    soak.add_argument("--k", type=int, default=2, help="which coded endpoint (its k must be among --ks)")
+    soak.add_argument("--rate", type=float, default=40.0, help="offered load, requests/s (default 40)")
+    soak.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
+    soak.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds before the soak (default 5)")
+    soak.add_argument("--hit-fraction", type=float, default=0.02, help="share of requests a pause should hit")
+    soak.add_argument("--pause-min", type=float, default=0.2, help="shortest pause, s (default 0.2)")
+    soak.add_argument("--pause-max", type=float, default=0.8, help="longest pause, s (< 0.9; default 0.8)")
+    soak.add_argument("--kill-every", type=float, default=60.0, help="mean seconds between kills (default 60)")
+    soak.add_argument("--restart-after", type=float, default=5.0, help="seconds from a kill to its restart")
+    soak.add_argument("--sample-every", type=float, default=2.0, help="seconds between RSS samples (default 2)")
+    soak.add_argument("--window", type=float, default=60.0, help="report window, s (default 60)")
+    soak.add_argument("--memory-limit", type=float, default=16.0, help="allowed RSS growth, 2nd half, MB")
+    return soak
+
+
+def run_soak_command(args: argparse.Namespace) -> int:
+    from .soak import SoakConfig, run_soak
+
+    config = SoakConfig(
+        out_dir=args.out,
+        models_dir=args.models,
+        model_spec=_model_spec(args),
+        k=args.k,
+        rate=args.rate,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        hit_fraction=args.hit_fraction,
+        pause_min_s=args.pause_min,
+        pause_max_s=args.pause_max,
+        kill_every_s=args.kill_every,
+        restart_after_s=args.restart_after,
+        sample_every_s=args.sample_every,
+        window_s=args.window,
+        memory_growth_limit_mb=args.memory_limit,
+        seed=args.seed,
+    )
+    outcome = run_soak(config)
+    print(outcome.markdown)
+    print(f"written: {', '.join(str(p) for p in outcome.files.values())}")
+    return 0 if outcome.passed else 1

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,13 @@ class FaultKind(str, Enum):
     KILL = "kill"
     CPU_QUOTA = "cpu-quota"
     CPU_HOG = "cpu-hog"
+    RESTART = "restart"
+    """Not a fault but its repair, as an operator would do it: every instance of the model restarted."""
 
 
 @dataclass(frozen=True)
 class FaultEvent:
-    """One fault: ``at_s`` seconds into the run, on instance ``instance`` of the target model.
+    """One fault: ``at_s`` seconds into the run, on instance ``instance`` of ``model`` (None: the runner's model).
 
     ``duration_s`` (pause, CPU faults) is how long it lasts; ``amount`` is the CPU quota (CPUs) or the hog count.
     """
@@ -49,6 +52,7 @@ class FaultEvent:
     duration_s: float | None = None
     instance: int = 0
     amount: float | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,16 @@ class Scenario:
 
     @property
     def destructive(self) -> bool:
-        """True when the scenario leaves the model broken (a killed instance is not restarted by Triton)."""
-        return any(event.kind is FaultKind.KILL for event in self.events)
+        """True when the scenario leaves a model broken: a kill with no restart of that model after it (Triton does
+        not restart a dead instance by itself)."""
+        return any(
+            event.kind is FaultKind.KILL
+            and not any(
+                later.kind is FaultKind.RESTART and later.model == event.model and later.at_s >= event.at_s
+                for later in self.events
+            )
+            for event in self.events
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -154,6 +166,61 @@ def kill_scenario(duration_s: float, *, at_fraction: float = 0.3) -> Scenario:
     return Scenario("kill", (FaultEvent(at, FaultKind.KILL),), f"instance 0 killed (SIGKILL) at {at:g} s")
 
 
+def soak_scenario(
+    duration_s: float,
+    rate: float,
+    targets: Mapping[str, int],
+    *,
+    hit_fraction: float = 0.02,
+    pause_min_s: float = 0.2,
+    pause_max_s: float = 0.8,
+    kill_every_s: float = 60.0,
+    restart_after_s: float = 5.0,
+    seed: int = 0,
+    start_s: float = 1.0,
+) -> Scenario:
+    """Random faults for a long run on several models (``targets``: model -> instance count): pauses at Poisson
+    times on a random instance (about ``hit_fraction`` of the requests hit, as in ``pause_scenario``), and every
+    ``kill_every_s`` (jittered) a SIGKILL of a random instance, whose model is restarted ``restart_after_s`` later.
+
+    A model is never paused between its kill and its restart (the pause would find no process), and faults never
+    overlap in time, so at most one instance is down at any moment: what a code with one parity must survive.
+    """
+    if not targets or any(n < 1 for n in targets.values()):
+        raise FaultError(f"soak targets need at least one model with at least one instance, got {dict(targets)}")
+    if kill_every_s <= restart_after_s:
+        raise FaultError(f"kill_every_s ({kill_every_s}) must be longer than restart_after_s ({restart_after_s})")
+    instances = [(model, index) for model, count in sorted(targets.items()) for index in range(count)]
+    rng = np.random.default_rng(seed)
+    busy: list[tuple[float, float]] = []
+    events: list[FaultEvent] = []
+    t = start_s + float(rng.uniform(0.5, 1.0)) * kill_every_s
+    while t + restart_after_s < duration_s - 1.0:
+        model, index = instances[int(rng.integers(len(instances)))]
+        events.append(FaultEvent(round(t, 4), FaultKind.KILL, instance=index, model=model))
+        events.append(FaultEvent(round(t + restart_after_s, 4), FaultKind.RESTART, model=model))
+        busy.append((t - 0.1, t + restart_after_s + 2.0))  # restarting takes a moment after the request
+        t += kill_every_s * float(rng.uniform(0.75, 1.25))
+    pauses = pause_scenario(
+        duration_s, rate, hit_fraction=hit_fraction, min_s=pause_min_s, max_s=pause_max_s, seed=seed + 1,
+        start_s=start_s,
+    )  # fmt: skip
+    for pause in pauses.events:
+        end = pause.at_s + (pause.duration_s or 0.0)
+        if any(start < end and pause.at_s < stop for start, stop in busy):
+            continue
+        model, index = instances[int(rng.integers(len(instances)))]
+        events.append(replace(pause, instance=index, model=model))
+    events.sort(key=lambda e: e.at_s)
+    kills = sum(e.kind is FaultKind.KILL for e in events)
+    return Scenario(
+        "soak",
+        tuple(events),
+        f"{len(events) - 2 * kills} pauses ({pause_min_s:g}-{pause_max_s:g} s) and {kills} kills (each model "
+        f"restarted {restart_after_s:g} s after its kill) on random instances of {', '.join(sorted(targets))}",
+    )
+
+
 @dataclass
 class FaultLogEntry:
     """What happened to one planned fault. Times: wall clock (``time.time()``); None if it did not happen."""
@@ -167,28 +234,40 @@ class FaultLogEntry:
     undone_at: float | None = None
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
 
 
 class FaultRunner:
-    """Applies a scenario to ``model``'s instances under the tritonserver ``server_pid`` on a background thread.
+    """Applies a scenario to instances under the tritonserver ``server_pid`` on a background thread; an event's
+    model defaults to ``model``.
 
     ``start()`` right before the load starts; ``stop()`` after it ends: it stops the schedule, undoes every fault
-    this runner applied (paused, throttled, pinned: all put back), and returns the log.
+    this runner applied (paused, throttled, pinned: all put back), and returns the log. ``restart`` (model name ->
+    None) carries out RESTART events, e.g. ``TritonServer.reload_model``.
     """
 
-    def __init__(self, scenario: Scenario, server_pid: int, model: str) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        server_pid: int,
+        model: str,
+        restart: Callable[[str], object] | None = None,
+    ) -> None:
         self.scenario = scenario
         self.server_pid = server_pid
         self.model = model
+        self.restart = restart
         self.log: list[FaultLogEntry] = []
         self._applied: list[faults.Fault] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
-        self._pids = faults.find_instance_pids(server_pid, model) if scenario.events else {}
+        self._models = sorted({event.model or model for event in scenario.events})
+        self._pids = {name: faults.find_instance_pids(server_pid, name) for name in self._models}
 
-    def instance_name(self, index: int) -> str:
-        return f"{self.model}_0_{index}"
+    @staticmethod
+    def instance_name(model: str, index: int) -> str:
+        return f"{model}_0_{index}"
 
     def start(self) -> FaultRunner:
         self._t0 = time.monotonic()
@@ -204,12 +283,16 @@ class FaultRunner:
             self._apply(event)
 
     def _apply(self, event: FaultEvent) -> None:
-        name = self.instance_name(event.instance)
-        pid = self._pids.get(name)
-        entry = FaultLogEntry(event.kind.value, name, pid, event.at_s, event.duration_s)
+        model = event.model or self.model
+        if event.kind is FaultKind.RESTART:
+            self._restart(model, event)
+            return
+        name = self.instance_name(model, event.instance)
+        pid = self._pids[model].get(name)
+        entry = FaultLogEntry(event.kind.value, name, pid, event.at_s, event.duration_s, model=model)
         self.log.append(entry)
         if pid is None:
-            entry.error = f"no instance {name} (found {sorted(self._pids)})"
+            entry.error = f"no instance {name} (found {sorted(self._pids[model])})"
             logger.error("fault %s: %s", event.kind.value, entry.error)
             return
         try:
@@ -234,6 +317,23 @@ class FaultRunner:
         elif isinstance(fault, faults.CpuQuota):
             entry.detail = {"cpus": fault.cpus, "period_us": fault.period_us}
 
+    def _restart(self, model: str, event: FaultEvent) -> None:
+        entry = FaultLogEntry(event.kind.value, model, None, event.at_s, None, model=model)
+        self.log.append(entry)
+        if self.restart is None:
+            entry.error = "no restart function given to the fault runner"
+            logger.error("restart of %s: %s", model, entry.error)
+            return
+        entry.applied_at = time.time()
+        try:
+            self.restart(model)
+        except Exception as exc:  # the run goes on: a failed restart is logged and shows up in the report
+            entry.error = f"{type(exc).__name__}: {exc}"
+            logger.error("restart of %s failed: %s", model, exc)
+        entry.undone_at = time.time()
+        entry.detail = {"seconds": round(entry.undone_at - entry.applied_at, 3)}
+        self._pids[model] = faults.find_instance_pids(self.server_pid, model)
+
     def stop(self) -> list[FaultLogEntry]:
         """Stops the schedule and undoes every fault it applied; returns the log (with undo times)."""
         self._stop.set()
@@ -241,7 +341,8 @@ class FaultRunner:
             self._thread.join(timeout=10)
         for fault in self._applied:
             fault.undo()
-        for fault, entry in zip(self._applied, [e for e in self.log if e.applied_at is not None], strict=True):
+        applied = [e for e in self.log if e.applied_at is not None and e.kind != FaultKind.RESTART.value]
+        for fault, entry in zip(self._applied, applied, strict=True):
             entry.undone_at = fault.undone_at if fault.reversible else None
         return self.log
 
@@ -249,7 +350,12 @@ class FaultRunner:
         """No fault of this runner is active, and no instance of the model is stopped or in a fault cgroup."""
         if any(f.active and f.reversible for f in self._applied):
             return False
-        for pid in faults.find_instance_pids(self.server_pid, self.model).values():
+        pids = [
+            pid
+            for model in self._models or [self.model]
+            for pid in faults.find_instance_pids(self.server_pid, model).values()
+        ]
+        for pid in pids:
             try:
                 if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
                     return False

@@ -1,4 +1,4 @@
-"""The ``parm`` command: the user's jobs (train, export, eval, serve, demo, bench, loadtest) as subcommands."""
+"""The ``parm`` command: the user's jobs (train, export, eval, serve, demo, bench, soak, loadtest) as subcommands."""
 
 from __future__ import annotations
 
@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(demo)
     _add_ports(demo)
 
-    from parm.loadtest.cli import add_bench_parser, add_loadtest_parser
+    from parm.loadtest.cli import add_bench_parser, add_loadtest_parser, add_soak_parser
 
     add_bench_parser(commands)
+    add_soak_parser(commands)
     add_loadtest_parser(commands)
     return parser
 
@@ -136,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             host=args.host,
         )
-    if args.command in ("bench", "loadtest"):
-        from parm.loadtest.cli import run_bench_command, run_loadtest_command
+    if args.command in ("bench", "soak", "loadtest"):
+        from parm.loadtest.cli import run_bench_command, run_loadtest_command, run_soak_command
 
-        return run_bench_command(args) if args.command == "bench" else run_loadtest_command(args)
+        run = {"bench": run_bench_command, "soak": run_soak_command, "loadtest": run_loadtest_command}
+        return run[args.command](args)
     from parm.jobs import demo, run_offline_command
 
     if args.command in ("export", "train", "eval"):

@@ -42,6 +42,7 @@ from typing import IO, Any, TextIO
 
 import psutil
 
+from parm.backend.orchestrator import RELOAD_PARAMETER
 from parm.errors import ConfigError, ServerError
 
 logger = logging.getLogger(__name__)
@@ -512,17 +513,40 @@ class TritonServer:
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """POST /v2/repository/index: one entry (name, version, state, reason) per model version."""
+        return list(self._call("POST", "/v2/repository/index", {"ready": ready_only}, timeout=5.0) or [])
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
         request = urllib.request.Request(
-            f"{self.http_url}/v2/repository/index",
-            data=json.dumps({"ready": ready_only}).encode(),
+            f"{self.http_url}{path}",
+            data=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
-            method="POST",
+            method=method,
         )
         try:
-            with _URL_OPENER.open(request, timeout=5.0) as response:
-                return list(json.load(response))
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise ServerError(f"cannot read the model repository index from {self.http_url}: {exc}") from exc
+            with _URL_OPENER.open(request, timeout=timeout) as response:
+                text = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise ServerError(f"{method} {path} on {self.http_url}: HTTP {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServerError(f"{method} {path} on {self.http_url}: {exc}") from exc
+        return json.loads(text) if text else None
+
+    def reload_model(self, name: str, timeout: float = 120.0) -> float:
+        """Restarts every instance of ``name`` without downtime (needs ``--model-control-mode=explicit``); returns
+        the seconds it took.
+
+        Triton never restarts a stub process that died, and it skips a load whose model and configuration did not
+        change (an unchanged override included). So the load passes the model's own configuration as an override,
+        with a fresh ``parm_reload`` parameter (a value no backend reads): Triton then builds a new set of instances,
+        switches traffic to them once they are ready and retires the old ones, serving requests meanwhile.
+        """
+        started = time.monotonic()
+        config = self._call("GET", f"/v2/models/{name}/config", None, timeout=10.0)
+        config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": str(time.time_ns())}
+        body = {"parameters": {"config": json.dumps(config)}}
+        self._call("POST", f"/v2/repository/models/{name}/load", body, timeout)
+        return time.monotonic() - started
 
     def ready_models(self) -> list[str]:
         """Names of the models that are ready, sorted."""

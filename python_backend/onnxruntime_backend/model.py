@@ -7,8 +7,9 @@ native onnxruntime backend, and on the embedded CPU server.
 
 Config ``parameters`` read here (string values, as for Triton's native onnxruntime backend):
 ``intra_op_thread_count`` (default 1: the machine is small and every instance is its own process) and
-``inter_op_thread_count`` (default 1). Other keys are meant for the native backend; they are logged and ignored
-rather than refused, so that a repository written for a GPU server still loads here.
+``inter_op_thread_count`` (default 1). ``parm_reload`` (set by ``TritonServer.reload_model`` to force a fresh set of
+instances) carries no setting and is ignored. Other keys are meant for the native backend; they are logged and
+ignored rather than refused, so that a repository written for a GPU server still loads here.
 
 This file runs inside the Triton stub process: it imports only numpy, onnxruntime and the backend utilities.
 """
@@ -63,7 +64,7 @@ ONNX_TO_NUMPY: dict[str, np.dtype] = {
     "tensor(string)": np.dtype(np.object_),
 }
 
-KNOWN_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
+KNOWN_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count", "parm_reload")
 
 
 class _TritonLogHandler(logging.Handler):

@@ -17,6 +17,10 @@ class Scheme(Enum):
     PARM = "parm"
 
 
+RELOAD_PARAMETER = "parm_reload"
+"""A ``parameters`` key that carries no setting: a changing value forces Triton to build fresh instances."""
+
+
 @dataclass(frozen=True)
 class OrchestratorConfig:
     """Everything the orchestrator needs, from ``config.pbtxt`` ``parameters`` plus F's signature.
@@ -91,8 +95,14 @@ class OrchestratorConfig:
         """Builds the config from Triton's model config (the JSON given to ``initialize``).
 
         Refuses unknown ``parameters`` keys with a message naming the key, so a typo never passes silently.
+        ``parm_reload`` (a marker that forces Triton to build fresh instances, see ``TritonServer.reload_model``)
+        carries no setting and is skipped.
         """
-        parameters = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+        parameters = {
+            key: value["string_value"]
+            for key, value in model_config.get("parameters", {}).items()
+            if key != RELOAD_PARAMETER
+        }
         field_types = {f.name: f.type for f in fields(cls) if f.name not in ("inputs", "outputs", "max_batch_size")}
         unknown = sorted(parameters.keys() - field_types.keys())
         if unknown:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from parm.loadtest.benchrepo import BenchModelSpec, ensure_bench_repository
 from parm.server import TritonServer
 
 LINEAR_IN = 4
@@ -136,3 +137,15 @@ def linear_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def linear_server(start_session_server: Callable[..., TritonServer], linear_repository: Path) -> TritonServer:
     return start_session_server(linear_repository)
+
+
+BENCH_SPEC = BenchModelSpec(width=8, blocks=1, upsample=1, quick=True)
+"""A tiny benchmark F (a few training steps): the smoke runs of ``parm bench`` and ``parm soak`` test machinery."""
+
+
+@pytest.fixture(scope="session")
+def bench_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark repository for ``BENCH_SPEC``, built once per session."""
+    root = tmp_path_factory.mktemp("bench-models")
+    ensure_bench_repository(root, BENCH_SPEC)
+    return root

@@ -16,22 +16,15 @@ import pytest
 
 from parm.loadtest import faults
 from parm.loadtest.bench import BenchConfig, run_bench
-from parm.loadtest.benchrepo import BenchModelSpec, ensure_bench_repository
 from parm.loadtest.openloop import poisson_arrivals
+
+from .conftest import BENCH_SPEC
 
 pytestmark = pytest.mark.integration
 
-SPEC = BenchModelSpec(width=8, blocks=1, upsample=1, quick=True)
 SCHEMES = ("none", "equal", "hedged", "parm")
 SCENARIOS = ("no-fault", "pause")
 SWEEP_SCENARIOS = ("starve", "kill")
-
-
-@pytest.fixture(scope="module")
-def bench_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bench-models")
-    ensure_bench_repository(root, SPEC)
-    return root
 
 
 def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_models: Path, tmp_path: Path) -> None:
@@ -39,7 +32,7 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
     config = BenchConfig(
         out_dir=out,
         models_dir=bench_models,
-        model_spec=SPEC,
+        model_spec=BENCH_SPEC,
         rate=20.0,
         duration_s=1.2,
         warmup_s=0.2,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -12,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from parm.errors import FaultError
+from parm.errors import FaultError, ServerError
 from parm.loadtest import faults
 from parm.server import TritonServer
 
@@ -122,3 +124,21 @@ def test_unknown_server_pid_is_a_fault_error(sleeper: subprocess.Popen[bytes]) -
     sleeper.wait()
     with pytest.raises(FaultError, match=f"no tritonserver process with pid {sleeper.pid}"):
         faults.find_instance_pids(sleeper.pid, "lin")
+
+
+def test_reload_model_brings_a_killed_instance_back_every_time(
+    start_server: Callable[..., TritonServer], linear_repository: Path
+) -> None:
+    """Triton never restarts a dead stub and skips a load of an unchanged model: ``reload_model`` must give the model
+    fresh instances on every call (the second reload was a silent no-op before the ``parm_reload`` marker)."""
+    server = start_server(linear_repository, extra_args=("--model-control-mode=explicit", "--load-model=*"))
+    for _ in range(2):
+        before = faults.find_instance_pids(server.pid, "lin")
+        faults.kill(before["lin_0_0"])
+        server.reload_model("lin")
+        after = faults.find_instance_pids(server.pid, "lin")
+        assert sorted(after) == ["lin_0_0", "lin_0_1"]
+        assert not set(after.values()) & set(before.values()), "every instance is a new process"
+        assert all(try_infer(server, timeout_s=5.0) for _ in range(6))
+    with pytest.raises(ServerError, match=r"HTTP 404.*no_such_model"):
+        server.reload_model("no_such_model")

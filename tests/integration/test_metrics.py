@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,31 +12,16 @@ import tritonclient.grpc as grpcclient
 
 from parm.export.data import load_digits_splits
 from parm.loadtest import faults
+from parm.loadtest.prometheus import Samples, metric_sum, scrape
 
 pytestmark = pytest.mark.integration
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 CODED = "digits_coded"
-_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """Parses Prometheus' text format into {(name, labels): value}."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        match = _LINE.match(line)
-        if not match or line.startswith("#"):
-            continue
-        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
-        samples[(match["name"], labels)] = float(match["value"])
-    return samples
-
-
-def value(samples, name: str, **labels: str) -> float:
-    wanted = {("model", CODED), *labels.items()}
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return metric_sum(samples, name, model=CODED, **labels)
 
 
 def _infer(client, x):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parm.backend.orchestrator import ConfigError, InvalidQueryError, OrchestratorConfig, TensorSpec, validate_query
+from parm.backend.orchestrator import (
+    RELOAD_PARAMETER,
+    ConfigError,
+    InvalidQueryError,
+    OrchestratorConfig,
+    TensorSpec,
+    validate_query,
+)
 from parm.backend.orchestrator.groups import FillerCache
 from parm.backend.orchestrator.tensors import all_finite, group_key, triton_type
 
@@ -41,6 +48,12 @@ def test_config_parses_triton_json_with_defaults():
 def test_config_refuses_unknown_keys_by_name():
     with pytest.raises(ConfigError, match="decode_afterms"):
         OrchestratorConfig.from_model_config(_model_config(decode_afterms="3"))
+
+
+def test_config_skips_the_reload_marker():
+    """``TritonServer.reload_model`` adds ``parm_reload`` to force fresh instances; it is not a setting."""
+    marked = OrchestratorConfig.from_model_config(_model_config(k="3", **{RELOAD_PARAMETER: "1796000000"}))
+    assert marked == OrchestratorConfig.from_model_config(_model_config(k="3"))
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ Copied into each coded model's version folder by the repository writer, so a mod
 ``triton_model.py`` is the thin Triton adapter around it.
 """
 
-from .config import OrchestratorConfig, Scheme
+from .config import RELOAD_PARAMETER, OrchestratorConfig, Scheme
 from .dispatcher import CodedDispatcher, Target
 from .errors import ConfigError, InvalidQueryError, OrchestratorError, TargetError
 from .groups import Answer, AnswerSource
@@ -12,6 +12,7 @@ from .stats import DispatcherStats
 from .tensors import TensorSpec, validate_query
 
 __all__ = [
+    "RELOAD_PARAMETER",
     "Answer",
     "AnswerSource",
     "CodedDispatcher",
