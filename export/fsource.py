@@ -5,8 +5,10 @@ wrapper, without gradients), its one input and one output as ``TensorSpec``s tak
 torch, the forward argument's name, the sample's query shape and F's answer to it), and how to build a parity
 model for it, by this documented rule:
 
-- a torch module F: F's own architecture, re-initialised (ParM's rule; ``models.build_parity_model``);
-- a TorchScript F: the same, on a deep copy of the scripted module with every parameter re-initialised;
+- a torch module F: F's own architecture, re-initialised (ParM's rule; ``models.build_parity_model``), trained with
+  its dropout off (``models.without_dropout``);
+- a TorchScript F: the same, on a deep copy of the scripted module with every parameter re-initialised (a scripted
+  module's dropout rates are compiled in, so any dropout it has stays);
 - an ONNX-only F: no torch architecture exists, so a configurable family: ``cnn`` (``models.FamilyCNN``) for image
   queries [C, H, W], ``mlp`` (``models.FamilyMLP``) otherwise, widened by ``width``.
 

@@ -173,8 +173,9 @@ def prepare_f(spec: FSpec, splits: DataSplits, work_dir: Path, seed: int, quick:
 
 
 def code_checkpoint(work_dir: Path, code: CodeConfig, f_key: str, splits: DataSplits, seed: int, quick: bool) -> Path:
-    """Where a code's training state lives: named by the code, F, the data, the seed and the training config."""
-    key = fingerprint(code, f_key, splits.train.x, seed, quick)
+    """Where a code's training state lives: named by the code, F, the data, the seed and the training config (the
+    resolved one, so a changed default recipe trains afresh instead of meeting a checkpoint of the old one)."""
+    key = fingerprint(code, code.training(), f_key, splits.train.x, seed, quick)
     return work_dir / "checkpoints" / f"{code.slug}-{key}.pt"
 
 
