@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,6 +135,10 @@ class Code:
     max_r: int | None = 1
     k_is_dynamic: bool = False
     """True when the networks work for any number of stacked members (their exports keep a symbolic k axis)."""
+    linear_weights: Callable[[int, int], np.ndarray] | None = None
+    """(k, r) -> the [r, k] weights when the encoder is exactly that weighted sum of the queries and the decoder its
+    linear solve: the orchestrator can then encode and decode in process (``code_weights``) without calling the
+    encoder and decoder models. None for every other code."""
 
     def check(self, k: int, r: int) -> None:
         """Raises ``ValueError`` naming the code when it is not defined for this k and r."""
@@ -199,5 +204,6 @@ register_code(
         "ParM: parity query = sum of the k queries, parity model trained to F's summed answers, subtraction decoder",
         title="ParM sum",
         k_is_dynamic=True,
+        linear_weights=lambda k, r: np.ones((r, k), dtype=np.float32),
     )
 )

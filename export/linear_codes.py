@@ -102,5 +102,6 @@ register_code(
         "ParM with r >= 1: r DCT-weighted sums, r parity models, any r erasures rebuilt by a linear solve",
         max_r=None,
         title="ParM, r weighted sums",
+        linear_weights=chebyshev_weights,
     )
 )

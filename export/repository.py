@@ -92,6 +92,9 @@ class CodedDeployment:
     max_in_flight: int = 1024
     max_parity_in_flight: int = 8
     parity_cooldown_ms: float = 5000.0
+    inline_code: bool = True
+    """For a linear code (sum, linear): encode and decode in the orchestrator, without a round trip to the encoder
+    and decoder models (which are still exported and served, for a user who turns this off)."""
 
     def __post_init__(self) -> None:
         if len(self.inputs) != 1 or len(self.outputs) != 1:
@@ -133,7 +136,16 @@ class CodedDeployment:
             "max_in_flight": str(self.max_in_flight),
             "max_parity_in_flight": str(self.max_parity_in_flight),
             "parity_cooldown_ms": f"{self.parity_cooldown_ms:g}",
+            **({"code_weights": self.code_weights_text} if self.code_weights_text else {}),
         }
+
+    @property
+    def code_weights_text(self) -> str:
+        """The inline code's [r, k] weights as the orchestrator reads them ("1,1"; rows split by ";"), or ""."""
+        weights = get_code(self.code).linear_weights
+        if not self.inline_code or weights is None:
+            return ""
+        return ";".join(",".join(f"{w:.9g}" for w in row) for row in np.asarray(weights(self.k, self.r)))
 
 
 def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:

@@ -67,7 +67,8 @@ def find_instance_pids(
 
     Only direct children of ``server_pid`` are considered, and a command-line field must equal the instance name
     exactly, so ``lin`` never matches ``lin_coded``'s instances. ``instance_index``/``group_index`` narrow it down
-    (``lin_0_1`` is group 0, index 1).
+    (``lin_0_1`` is group 0, index 1). When two processes carry one name, the newest is the live one: after a reload
+    (``TritonServer.reload_model``) the retired instances of the old version can linger beside the new ones.
     """
     pattern = re.compile(rf"{re.escape(model)}_(\d+)_(\d+)")
     try:
@@ -75,9 +76,11 @@ def find_instance_pids(
     except psutil.NoSuchProcess as exc:
         raise FaultError(f"no tritonserver process with pid {server_pid}") from exc
     found: dict[str, int] = {}
+    started: dict[str, float] = {}
     for child in children:
         try:
             cmdline = child.cmdline()
+            created = child.create_time()
         except psutil.Error:
             continue  # exited meanwhile, or not ours to read
         if not cmdline or os.path.basename(cmdline[0]) != STUB_NAME:
@@ -87,8 +90,9 @@ def find_instance_pids(
             if match is None:
                 continue
             group, index = int(match.group(1)), int(match.group(2))
-            if (instance_index is None or index == instance_index) and (group_index is None or group == group_index):
-                found[field] = child.pid
+            wanted = instance_index in (None, index) and group_index in (None, group)
+            if wanted and created >= started.get(field, float("-inf")):
+                found[field], started[field] = child.pid, created
             break
     return dict(sorted(found.items()))
 

@@ -51,6 +51,8 @@ from .scenarios import FaultKind, FaultLogEntry, FaultRunner, Scenario, soak_sce
 logger = logging.getLogger(__name__)
 
 SERVER = "tritonserver"
+TOTAL = "server and all its processes"
+"""The sampler's sum over tritonserver and every child process (retired instances included); pid 0 in the samples."""
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,16 @@ class MemorySample:
 
 class MemorySampler:
     """Samples the RSS of the server and of every instance process of ``models`` every ``every_s`` seconds on a
-    thread. Instances are looked up at each sample, so a restarted instance (new pid) is followed."""
+    thread, plus the total over the server and all its children and how many children are alive. Instances are
+    looked up at each sample, so a restarted instance (new pid) is followed."""
 
     def __init__(self, server_pid: int, models: Sequence[str], every_s: float) -> None:
         self.server_pid = server_pid
         self.models = tuple(models)
         self.every_s = every_s
         self.samples: list[MemorySample] = []
+        self.child_counts: list[tuple[float, int]] = []
+        """(wall time, live child processes of the server): instances, and retired ones not yet gone."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -112,6 +117,16 @@ class MemorySampler:
             except psutil.Error:
                 continue  # killed by the soak a moment ago
             self.samples.append(MemorySample(now, name, pid, rss / 2**20))
+        total, children = 0, 0
+        server = psutil.Process(self.server_pid)
+        for process in [server, *server.children()]:
+            try:
+                total += process.memory_info().rss
+                children += process.status() != psutil.STATUS_ZOMBIE and process is not server
+            except psutil.Error:
+                continue
+        self.samples.append(MemorySample(now, TOTAL, 0, total / 2**20))
+        self.child_counts.append((now, children))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -251,6 +266,9 @@ class SoakOutcome:
     scenario: Scenario
     counters: dict[str, float]
     unexplained: list[dict[str, Any]]
+    child_processes: dict[str, int] = field(default_factory=dict)
+    """Live child processes of the server (first, last, max sample): a restart that cannot retire a version
+    leaves processes behind."""
     files: dict[str, Path] = field(default_factory=dict)
     markdown: str = ""
 
@@ -427,8 +445,17 @@ class Soak:
             memory,
             self.coded,
         )
+        counts = [count for _, count in sampler.child_counts] or [0]
         outcome = SoakOutcome(
-            config, stats, window_stats(result, config.window_s), memory, checks, scenario, counters, unexplained
+            config,
+            stats,
+            window_stats(result, config.window_s),
+            memory,
+            checks,
+            scenario,
+            counters,
+            unexplained,
+            {"first": counts[0], "last": counts[-1], "max": max(counts)},
         )
         outcome.files = write_soak_outputs(self.out, outcome, result, log, sampler.samples)
         return outcome
@@ -460,6 +487,10 @@ def soak_markdown(outcome: SoakOutcome) -> str:
             f"{w.max_ms:.1f} |"
             for w in outcome.windows
         ),
+        "",
+        f"Child processes of the server (instances, and retired instances not yet gone): "
+        f"{outcome.child_processes.get('first')} at the start, {outcome.child_processes.get('last')} at the end, "
+        f"{outcome.child_processes.get('max')} at most.",
         "",
         "| process | RSS first (MB) | middle | last | max | growth, 2nd half | slope, 2nd half (MB/min) |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -494,6 +525,7 @@ def write_soak_outputs(
             "windows": [asdict(w) for w in outcome.windows],
             "memory": [asdict(m) for m in outcome.memory],
             "unexplained_errors": outcome.unexplained,
+            "child_processes": outcome.child_processes,
             "scenario": outcome.scenario.as_json(),
             "started_wall": result.started_wall,
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 from pathlib import Path
 
@@ -90,3 +91,16 @@ def test_the_repository_carries_the_current_orchestrator_code():
     assert sorted(p.name for p in copied.glob("*.py")) == source_files
     _, mismatch, errors = filecmp.cmpfiles(source, copied, source_files, shallow=False)
     assert not mismatch and not errors, f"stale copies {mismatch}: run `parm export` to rewrite the repository"
+
+
+@pytest.mark.parametrize(
+    ("code", "k", "r", "weights"),
+    [("sum", 3, 1, "1,1,1"), ("linear", 2, 2, "1,1;0.707106769,-0.707106769"), ("berrut", 2, 1, "")],
+)
+def test_linear_codes_are_encoded_and_decoded_in_the_orchestrator(code, k, r, weights):
+    deployment = dataclasses.replace(DEPLOYMENT, code=code, k=k, r=r)
+    assert deployment.orchestrator_parameters().get("code_weights", "") == weights
+    config = orchestrator_config(model_configs(deployment)[deployment.names.coded])
+    assert len(config.code_weights) == (r if weights else 0)
+    off = dataclasses.replace(deployment, inline_code=False)
+    assert "code_weights" not in off.orchestrator_parameters()

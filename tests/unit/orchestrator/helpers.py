@@ -96,8 +96,10 @@ class SubtractionDecoder:
 class FailingTarget:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.calls = 0
 
     async def infer(self, inputs, output_names):
+        self.calls += 1
         raise TargetError(self.name, "unavailable")
 
 

@@ -136,3 +136,16 @@ def test_filler_cache_builds_batches_of_known_rows_and_forgets_old_ones():
     assert set(inputs["x"][:, 0]) <= {1.0, 2.0, 3.0}
     np.testing.assert_array_equal(outputs["y"], inputs["x"] * 10)
     assert cache.take({"x": np.zeros((1, 4), np.float32)}) is None
+
+
+def test_config_takes_inline_code_weights_instead_of_code_models():
+    config = OrchestratorConfig.from_model_config(
+        _model_config(k="3", code_weights="1,1,1", encoder_model="", decoder_model="")
+    )
+    assert config.code_weights == ((1.0, 1.0, 1.0),)
+    with pytest.raises(ConfigError, match=r"code_weights must be \[r, k\] = \[1, 3\], got \[1, 2\]"):
+        OrchestratorConfig.from_model_config(_model_config(k="3", code_weights="1,1"))
+    with pytest.raises(ConfigError, match="encoder_model and decoder_model must be set"):
+        OrchestratorConfig.from_model_config(_model_config(encoder_model=""))
+    with pytest.raises(ConfigError, match=r"code_weights.*cannot parse"):
+        OrchestratorConfig.from_model_config(_model_config(code_weights="1,one"))

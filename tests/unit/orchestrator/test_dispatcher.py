@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,16 +13,32 @@ from parm.backend.orchestrator import AnswerSource, CodedDispatcher
 from .helpers import FailingTarget, LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query
 
 
+@pytest.fixture(autouse=True, params=["code models", "inline code"])
+def code_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every scenario runs twice: encoding and decoding through the encoder and decoder models, and in process
+    (``code_weights``), where those models must never be called."""
+    Harness.inline = request.param == "inline code"
+    yield
+    Harness.inline = False
+
+
 class Harness:
     """One dispatcher on the running loop, recording every reply per request."""
+
+    inline = False
 
     def __init__(self, f=None, parity=None, decoder=None, **config) -> None:
         self.f = f or LinearF()
         self.parity = parity or LinearF("f_parity")
+        self.encoder = encoder = SumEncoder()
+        if self.inline:
+            config.setdefault("code_weights", ((1.0,) * config.get("k", 2),))
+            self.encoder = encoder = FailingTarget("f_encoder")
+            decoder = FailingTarget("f_decoder")
         self.decoder = decoder or SubtractionDecoder()
         self.config = make_config(**config)
         self.dispatcher = CodedDispatcher(
-            self.config, [self.f], [self.parity], SumEncoder(), self.decoder, asyncio.get_running_loop()
+            self.config, [self.f], [self.parity], encoder, self.decoder, asyncio.get_running_loop()
         )
         self.replies: dict[int, list] = {}
         self.queries: dict[int, dict] = {}
@@ -50,6 +67,8 @@ class Harness:
 
     def assert_exactly_once(self) -> None:
         assert all(len(replies) == 1 for replies in self.replies.values()), self.replies
+        if self.inline:
+            assert self.encoder.calls == self.decoder.calls == 0, "an inline code calls no code model"
 
 
 def run(coroutine):
@@ -402,11 +421,41 @@ def test_the_fill_timeout_follows_f_latency_so_lone_members_answered_in_time_cos
             await h.answer(h.submit(round(0.001 * (index + 1), 6)))
         assert 0.04 <= h.dispatcher.fill_timeout < 0.4
         f.delay = 0.005  # F now answers well within the learned fill timeout
+        await h.settle(0.5)  # the last learning member's group closes before the lone members come
         parity_calls = h.parity.calls
         for index in range(5):
             await h.answer(h.submit(round(0.5 + 0.001 * index, 6)))
             await h.settle(0.06)
         assert h.parity.calls == parity_calls, "lone members answered within the fill timeout need no parity"
         assert h.dispatcher.stats.groups_unneeded >= 5
+
+    run(scenario())
+
+
+def test_a_member_that_is_not_slow_keeps_f_answer_while_a_stuck_one_is_rebuilt():
+    """With decode_after_quantile, a rebuilt answer replaces F's only once F took longer than it usually does: a
+    parity that happens to finish first no longer races a healthy F call."""
+
+    async def scenario():
+        f = LinearF(delay=0.03)
+        parity = LinearF("f_parity")  # answers at once: faster than F every time
+        h = Harness(f=f, parity=parity, decode_after_quantile=0.9, fill_timeout_quantile=0.0)
+        assert h.dispatcher.decode_after == 0.0
+        for index in range(16):  # pairs fill groups; F's latency is learned meanwhile
+            pair = [h.submit(round(0.001 * (2 * index + 1), 6)), h.submit(round(0.001 * (2 * index + 2), 6))]
+            for request in pair:
+                await h.answer(request)
+        assert 0.03 <= h.dispatcher.decode_after < 0.1
+        learned = h.dispatcher.stats.answers[AnswerSource.ORIGINAL]
+        gate = f.hold[0.9] = asyncio.Event()
+        healthy, stuck = h.submit(0.8), h.submit(0.9)
+        assert (await h.answer(healthy)).source is AnswerSource.ORIGINAL
+        answer = await h.answer(stuck)
+        assert answer.source is AnswerSource.REBUILT
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[stuck]["x"]), rtol=1e-5, atol=1e-5)
+        gate.set()
+        await h.settle()
+        h.assert_exactly_once()
+        assert h.dispatcher.stats.answers[AnswerSource.ORIGINAL] == learned + 1
 
     run(scenario())

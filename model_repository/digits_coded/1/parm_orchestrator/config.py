@@ -8,6 +8,7 @@ from enum import Enum
 
 from .contract import RECONSTRUCTED_OUTPUT
 from .errors import ConfigError
+from .linear import parse_weights
 from .tensors import TensorSpec
 
 
@@ -25,8 +26,10 @@ RELOAD_PARAMETER = "parm_reload"
 class OrchestratorConfig:
     """Everything the orchestrator needs, from ``config.pbtxt`` ``parameters`` plus F's signature.
 
-    Times are in milliseconds. ``decode_after_ms = 0`` is ParM's policy: rebuild a missing answer as soon as the
-    code allows; a positive value first gives F that long to answer on its own.
+    Times are in milliseconds. A missing answer is rebuilt once the code allows it and F had the longer of
+    ``decode_after_ms`` and the ``decode_after_quantile`` of its recent latencies to answer on its own (a failed F
+    call is rebuilt at once): a member that is merely not slow keeps F's exact answer instead of racing the parity
+    path. Both 0 is ParM's policy: whichever result comes first.
     """
 
     inputs: tuple[TensorSpec, ...]
@@ -34,19 +37,23 @@ class OrchestratorConfig:
     max_batch_size: int
     f_models: tuple[str, ...]
     parity_models: tuple[str, ...]
-    encoder_model: str
-    decoder_model: str
+    encoder_model: str = ""
+    decoder_model: str = ""
     scheme: Scheme = Scheme.PARM
     k: int = 2
     decode_after_ms: float = 0.0
     request_timeout_ms: float = 1000.0
     fill_timeout_ms: float = 5.0
     fill_timeout_quantile: float = 0.9
+    decode_after_quantile: float = 0.9
     filler_cache_size: int = 64
     max_in_flight: int = 1024
     max_parity_in_flight: int = 8
     parity_cooldown_ms: float = 5000.0
     bls_threads: int = 64
+    code_weights: tuple[tuple[float, ...], ...] = ()
+    """[r, k] weights of a linear code (ParM's sum: one row of ones) to encode and decode in process (``linear``)
+    instead of calling ``encoder_model`` and ``decoder_model``; empty: call the models."""
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -55,8 +62,12 @@ class OrchestratorConfig:
             raise ConfigError("f_models must name at least one model")
         if not self.parity_models:
             raise ConfigError("parity_models must name at least one model (r = number of parity models)")
-        if not self.encoder_model or not self.decoder_model:
-            raise ConfigError("encoder_model and decoder_model must be set")
+        if self.code_weights:
+            shape = (len(self.code_weights), len(self.code_weights[0]))
+            if shape != (self.r, self.k):
+                raise ConfigError(f"code_weights must be [r, k] = [{self.r}, {self.k}], got {list(shape)}")
+        elif not self.encoder_model or not self.decoder_model:
+            raise ConfigError("encoder_model and decoder_model must be set (or code_weights, for a linear code)")
         if self.max_batch_size < 1:
             raise ConfigError(f"the coded endpoint needs max_batch_size >= 1, got {self.max_batch_size}")
         if not self.inputs or not self.outputs:
@@ -64,8 +75,9 @@ class OrchestratorConfig:
         for name in ("decode_after_ms", "fill_timeout_ms", "request_timeout_ms", "parity_cooldown_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.fill_timeout_quantile < 1.0:
-            raise ConfigError(f"fill_timeout_quantile must be in [0, 1), got {self.fill_timeout_quantile}")
+        for name in ("fill_timeout_quantile", "decode_after_quantile"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.request_timeout_ms <= self.decode_after_ms:
             raise ConfigError(
                 f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
@@ -137,6 +149,8 @@ def _parse(key: str, annotation: str, text: str) -> object:
             return float(text)
         if annotation == "Scheme":
             return Scheme(text.strip().lower())
+        if annotation == "tuple[tuple[float, ...], ...]":
+            return parse_weights(text)
         if annotation == "tuple[str, ...]":
             names = tuple(name.strip() for name in text.split(",") if name.strip())
             return names

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import linear
 from .config import OrchestratorConfig
 from .contract import (
     DECODER_AVAILABLE_INPUT,
@@ -91,6 +92,8 @@ class CodedDispatcher:
         self._parity_down_until = float("-inf")
         self._parity_failures_in_row = 0
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
+        self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
+        self._code_weights = np.array(config.code_weights, dtype=np.float64) if config.code_weights else None
         self.stats = DispatcherStats()
 
     @property
@@ -112,6 +115,14 @@ class CodedDispatcher:
         return max(floor, self._f_latency.value)
 
     @property
+    def decode_after(self) -> float:
+        """Seconds a new member's F gets before a rebuilt answer may replace its own (see ``OrchestratorConfig``)."""
+        floor = self._config.decode_after_ms / 1000
+        if self._decode_wait is None or self._decode_wait.value is None:
+            return floor
+        return max(floor, self._decode_wait.value)
+
+    @property
     def open_groups(self) -> int:
         """Groups still forming (waiting for members or for the fill timeout)."""
         return len(self._open)
@@ -119,7 +130,13 @@ class CodedDispatcher:
     def submit(self, inputs: Tensors, reply: Callable[[Answer], None]) -> None:
         """Accepts one validated request; ``reply`` is called exactly once, on the loop thread."""
         request_id = next(self._ids)
-        member = Member(request_id, inputs, self._loop.time(), lambda answer: self._deliver(request_id, answer, reply))
+        member = Member(
+            request_id,
+            inputs,
+            self._loop.time(),
+            lambda answer: self._deliver(request_id, answer, reply),
+            decode_after=self.decode_after,
+        )
         self.stats.requests += 1
         if self._closed:
             member.answer(Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
@@ -144,8 +161,8 @@ class CodedDispatcher:
         group, slot = self._join_group(member)
         member_target = self._f_targets[slot.index % len(self._f_targets)]
         self._spawn(self._run_original(group, slot, member_target))
-        if self._config.decode_after_ms > 0:
-            timers.append(self._loop.call_later(self._config.decode_after_ms / 1000, self._try_decode, group))
+        if member.decode_after > 0:
+            timers.append(self._loop.call_later(member.decode_after, self._try_decode, group))
         if group.full:
             self.stats.groups_full += 1
             self._close(group)
@@ -241,8 +258,10 @@ class CodedDispatcher:
                 self._try_decode(group)
             return
         slot.outputs = outputs
-        if self._f_latency is not None:
-            self._f_latency.add(self._loop.time() - member.arrival)
+        latency = self._loop.time() - member.arrival
+        for estimate in (self._f_latency, self._decode_wait):
+            if estimate is not None:
+                estimate.add(latency)
         if member.source is AnswerSource.REBUILT and member.rebuilt is not None:
             self.stats.record_fidelity(member.rebuilt, outputs)
         member.answer(Answer(AnswerSource.ORIGINAL, outputs))
@@ -253,18 +272,8 @@ class CodedDispatcher:
     async def _run_parity(self, group: CodingGroup) -> None:
         started = time.perf_counter()
         try:
-            encoded = await asyncio.gather(
-                *(
-                    self._encoder.infer(
-                        {ENCODER_INPUT: np.stack([s.inputs[name] for s in group.slots])}, [ENCODER_OUTPUT]
-                    )
-                    for name in group.slots[0].inputs
-                )
-            )
+            parity_queries = await self._encode(group)
             self.stats.encode_seconds.append(time.perf_counter() - started)
-            parity_queries = {
-                name: result[ENCODER_OUTPUT] for name, result in zip(group.slots[0].inputs, encoded, strict=True)
-            }
             outputs = await asyncio.gather(
                 *(
                     target.infer({name: q[j] for name, q in parity_queries.items()}, self._config.output_names)
@@ -286,16 +295,41 @@ class CodedDispatcher:
         group.parity_outputs = list(outputs)
         self._try_decode(group)
 
+    async def _encode(self, group: CodingGroup) -> Tensors:
+        """Each input of the group's k slots -> its r parity queries [r, B, *q]: in process for a linear code,
+        else through the encoder model."""
+        names = list(group.slots[0].inputs)
+        stacked = [np.stack([slot.inputs[name] for slot in group.slots]) for name in names]
+        if self._code_weights is not None:
+            return {name: linear.encode(self._code_weights, x) for name, x in zip(names, stacked, strict=True)}
+        encoded = await asyncio.gather(*(self._encoder.infer({ENCODER_INPUT: x}, [ENCODER_OUTPUT]) for x in stacked))
+        return {name: result[ENCODER_OUTPUT] for name, result in zip(names, encoded, strict=True)}
+
+    async def _decode(self, group: CodingGroup) -> dict[str, np.ndarray]:
+        """Each output's rebuilt values [k, B, *o] (valid on the erased slots): in process for a linear code, else
+        through the decoder model."""
+        names = self._config.output_names
+        if self._code_weights is not None:
+            decoded = {}
+            for name in names:
+                parity = np.stack([outputs[name] for outputs in group.parity_outputs if outputs is not None])
+                arrived = [None if slot.outputs is None else slot.outputs[name] for slot in group.slots]
+                rebuilt = linear.decode(self._code_weights, parity, arrived)
+                template = np.zeros_like(parity[0])
+                decoded[name] = np.stack([rebuilt.get(i, template) for i in range(len(group.slots))])
+            return decoded
+        results = await asyncio.gather(
+            *(self._decoder.infer(self._decoder_inputs(group, name), [DECODER_OUTPUT]) for name in names)
+        )
+        return {name: result[DECODER_OUTPUT] for name, result in zip(names, results, strict=True)}
+
     def _try_decode(self, group: CodingGroup) -> None:
         """Starts a decode when the code can rebuild a missing answer and the policy allows it."""
         if group.decoding or not group.can_decode():
             return
         now = self._loop.time()
-        decode_after = self._config.decode_after_ms / 1000
         if not any(
-            slot.member is not None
-            and not slot.member.answered
-            and decode_allowed(now, slot.member, slot, decode_after)
+            slot.member is not None and not slot.member.answered and decode_allowed(now, slot.member, slot)
             for slot in group.erased()
         ):
             return
@@ -306,12 +340,7 @@ class CodedDispatcher:
         erased = group.erased()
         started = time.perf_counter()
         try:
-            results = await asyncio.gather(
-                *(
-                    self._decoder.infer(self._decoder_inputs(group, name), [DECODER_OUTPUT])
-                    for name in self._config.output_names
-                )
-            )
+            decoded = await self._decode(group)
         except TargetError as error:
             self.stats.decode_failures += 1
             logger.warning("decode failed, members wait for F or their deadline: %s", error)
@@ -319,14 +348,10 @@ class CodedDispatcher:
         finally:
             group.decoding = False
         self.stats.decode_seconds.append(time.perf_counter() - started)
-        decoded = {
-            name: result[DECODER_OUTPUT] for name, result in zip(self._config.output_names, results, strict=True)
-        }
         now = self._loop.time()
-        decode_after = self._config.decode_after_ms / 1000
         for slot in erased:
             member = slot.member
-            if member is None or member.answered or not decode_allowed(now, member, slot, decode_after):
+            if member is None or member.answered or not decode_allowed(now, member, slot):
                 continue
             member.answer(Answer(AnswerSource.REBUILT, {name: decoded[name][slot.index] for name in decoded}))
         self._try_decode(group)

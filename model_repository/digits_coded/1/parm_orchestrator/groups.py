@@ -40,6 +40,8 @@ class Member:
     inputs: Tensors
     arrival: float
     reply: Callable[[Answer], None]
+    decode_after: float = 0.0
+    """Seconds F gets to answer before a rebuilt answer may replace its own (unless F fails)."""
     source: AnswerSource | None = None
     rebuilt: Tensors | None = None
 
@@ -130,12 +132,12 @@ class CodingGroup:
         return None
 
 
-def decode_allowed(now: float, member: Member, slot: Slot, decode_after: float) -> bool:
-    """The decode policy: rebuild at once when F failed, else once F had ``decode_after`` seconds to answer.
+def decode_allowed(now: float, member: Member, slot: Slot) -> bool:
+    """The decode policy: rebuild at once when F failed, else once F had ``member.decode_after`` seconds to answer.
 
     ``decode_after = 0`` is ParM's policy (use whichever result comes first).
     """
-    return slot.failure is not None or now - member.arrival >= decode_after
+    return slot.failure is not None or now - member.arrival >= member.decode_after
 
 
 class FillerCache:

@@ -15,7 +15,8 @@ import numpy as np
 
 
 class LatencyQuantile:
-    """The ``quantile`` of the last ``window`` latencies, recomputed every ``every`` samples (None before)."""
+    """The ``quantile`` of the last ``window`` latencies (None before the first): recomputed at each of the first
+    ``every`` samples, so it is usable from the start, then every ``every`` samples."""
 
     def __init__(self, quantile: float, window: int = 256, every: int = 32) -> None:
         if not 0.0 < quantile < 1.0:
@@ -29,5 +30,5 @@ class LatencyQuantile:
     def add(self, seconds: float) -> None:
         self._samples.append(seconds)
         self._count += 1
-        if self._count % self._every == 0:
+        if self._count <= self._every or self._count % self._every == 0:
             self.value = float(np.quantile(np.fromiter(self._samples, dtype=np.float64), self._quantile))

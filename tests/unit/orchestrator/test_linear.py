@@ -1,0 +1,72 @@
+"""The in-process linear code against the exported encoder and decoder modules it replaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parm.backend.orchestrator import ConfigError
+from parm.backend.orchestrator.linear import decode, encode, parse_weights
+from parm.export.codes import SubtractionDecoder, SumEncoder
+from parm.export.linear_codes import LinearEncoder, LinearSystemDecoder, chebyshev_weights
+
+
+@st.composite
+def coded_groups(draw):
+    k = draw(st.integers(2, 4))
+    r = draw(st.integers(1, k))
+    batch = draw(st.integers(1, 3))
+    erased = draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=r, unique=True))
+    seed = draw(st.integers(0, 2**16))
+    return k, r, batch, sorted(erased), np.random.default_rng(seed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(coded_groups())
+def test_inline_code_matches_the_exported_modules_and_rebuilds_exactly(case) -> None:
+    k, r, batch, erased, rng = case
+    weights = chebyshev_weights(k, r)
+    queries = rng.normal(size=(k, batch, 1, 3, 3)).astype(np.float32)
+    expected_parity = LinearEncoder(weights)(torch.from_numpy(queries)).numpy()
+    np.testing.assert_allclose(encode(weights.astype(np.float64), queries), expected_parity, rtol=1e-5, atol=1e-5)
+
+    outputs = rng.normal(size=(k, batch, 10)).astype(np.float32)
+    parity = np.tensordot(weights, outputs, axes=1).astype(np.float32)  # a perfect parity model: linear F
+    arrived = [None if i in erased else outputs[i] for i in range(k)]
+    rebuilt = decode(weights.astype(np.float64), parity, arrived)
+    assert sorted(rebuilt) == erased
+    available = torch.tensor([0.0 if i in erased else 1.0 for i in range(k)])
+    module = LinearSystemDecoder(weights)(torch.from_numpy(parity), torch.from_numpy(outputs), available).numpy()
+    for i in erased:
+        assert rebuilt[i].dtype == np.float32 and rebuilt[i].shape == (batch, 10)
+        np.testing.assert_allclose(rebuilt[i], outputs[i], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(rebuilt[i], module[i], rtol=1e-3, atol=1e-3)
+
+
+def test_sum_code_is_parm_subtraction() -> None:
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(3, 2, 8)).astype(np.float32)
+    ones = np.ones((1, 3))
+    np.testing.assert_allclose(encode(ones, queries), SumEncoder(3)(torch.from_numpy(queries)).numpy(), rtol=1e-6)
+    outputs = rng.normal(size=(3, 2, 5)).astype(np.float32)
+    parity = rng.normal(size=(1, 2, 5)).astype(np.float32)  # any parity output, e.g. a trained model's
+    module = SubtractionDecoder(3)(torch.from_numpy(parity), torch.from_numpy(outputs), torch.tensor([1.0, 0.0, 1.0]))
+    rebuilt = decode(ones, parity, [outputs[0], None, outputs[2]])
+    np.testing.assert_allclose(rebuilt[1], module.numpy()[1], rtol=1e-5, atol=1e-5)
+    assert decode(ones, parity, list(outputs)) == {}
+
+
+def test_more_erasures_than_parities_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 erased slots, but the code has only 1 parities"):
+        decode(np.ones((1, 3)), np.zeros((1, 1, 2), np.float32), [None, None, np.zeros((1, 2), np.float32)])
+
+
+def test_weights_parse_row_by_row() -> None:
+    assert parse_weights("1,1") == ((1.0, 1.0),)
+    assert parse_weights(" 1, 1, 1 ; 0.5,0,-0.5 ") == ((1.0, 1.0, 1.0), (0.5, 0.0, -0.5))
+    assert parse_weights("") == ()
+    with pytest.raises(ConfigError, match="rows must all have k values"):
+        parse_weights("1,1;1")
