@@ -195,6 +195,10 @@ def test_code_config_parses_the_cli_syntax() -> None:
     assert (variant.parity_init, variant.distill, variant.width) == ("f", 1.0, 2)
     assert variant.training().distill_weight == 1.0 and variant.slug == "sum-k4-r1-w2-finit-d1"
     assert "parity starts from F's weights" in variant.label
+    augmented = CodeConfig.parse("sum:3@aug")
+    assert augmented.training().augment == augmented.augment is not None and augmented.slug == "sum-k3-r1-aug"
+    with pytest.raises(ValueError, match="augmentation applies to parity training"):
+        CodeConfig.parse("berrut:2@aug")
     with pytest.raises(ValueError, match="name:k"):
         CodeConfig.parse("sum")
     with pytest.raises(ValueError, match="unknown code option 'x'"):

@@ -13,9 +13,13 @@ from torch import nn
 import parm.export.train as train_module
 from parm.export.codes import CodeShape, SubtractionDecoder, SumEncoder, get_code
 from parm.export.data import Dataset, DataSplits, load_digits_splits
+from parm.export.fsource import OnnxModule
 from parm.export.models import DigitsCNN, build_parity_model
+from parm.export.onnx_export import export_onnx
 from parm.export.train import (
+    Augmentation,
     TrainConfig,
+    augment_queries,
     degraded_accuracy,
     erasure_patterns,
     train_classifier,
@@ -105,7 +109,11 @@ def test_parity_model_has_f_architecture_and_fresh_weights() -> None:
     shapes = [p.shape for p in parity.parameters()]
     assert shapes == [p.shape for p in f.parameters()]
     assert not any(torch.equal(a, b) for a, b in zip(parity.parameters(), f.parameters(), strict=True))
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(parity(x), parity(x), atol=0, rtol=0)  # trained without dropout, unlike F
+    assert [m.p for m in f.modules() if isinstance(m, nn.Dropout)] == [0.25]
     wide = build_parity_model(f, width=2)
+    assert [m.p for m in wide.modules() if isinstance(m, nn.Dropout)] == [0.0]
     assert wide.width == 2 and sum(p.numel() for p in wide.parameters()) > 2 * sum(p.numel() for p in f.parameters())
     with pytest.raises(ValueError, match="needs a DigitsCNN"):
         build_parity_model(nn.Linear(2, 2), width=2)
@@ -190,3 +198,82 @@ def test_erasure_patterns() -> None:
     assert erasure_patterns(3, 1) == [(0,), (1,), (2,)]
     assert erasure_patterns(3, 2) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
     assert erasure_patterns(2, 5) == [(0,), (1,), (0, 1)]
+
+
+def _shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` [C, H, W] moved down dy and right dx pixels, zero padded."""
+    height, width = image.shape[-2:]
+    padded = nn.functional.pad(image, (1, 1, 1, 1))
+    return padded[:, 1 - dy : 1 - dy + height, 1 - dx : 1 - dx + width]
+
+
+def test_augmentation_is_seeded_and_shifts_by_whole_pixels(digits: DataSplits) -> None:
+    x = torch.from_numpy(digits.train.x[:64])
+    shift = Augmentation(shift=1)
+    torch.manual_seed(0)
+    moved = augment_queries(x, shift)
+    torch.manual_seed(0)
+    torch.testing.assert_close(augment_queries(x, shift), moved, atol=0, rtol=0)  # same seed, same draws
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    for image, result in zip(x, moved, strict=True):  # each image is one of its 9 whole-pixel shifts, unblurred
+        assert any(torch.allclose(_shifted(image, dy, dx), result, atol=1e-6) for dy, dx in offsets)
+    assert not torch.equal(moved, x)
+    full = augment_queries(x, Augmentation(shift=1, rotate=10.0, scale=0.1, noise=0.05))
+    assert full.shape == x.shape and not torch.allclose(full, moved)
+    noisy = augment_queries(torch.zeros(3, 5), Augmentation(noise=0.1))  # noise alone works for any query
+    assert noisy.shape == (3, 5) and noisy.abs().sum() > 0
+    with pytest.raises(ValueError, match="need image queries"):
+        augment_queries(torch.zeros(3, 5), shift)
+    with pytest.raises(ValueError, match="augmentation needs"):
+        Augmentation(scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def small_f(digits: DataSplits) -> DigitsCNN:
+    torch.manual_seed(0)
+    f = DigitsCNN()
+    train_classifier(f, digits.train, digits.val, TrainConfig(epochs=2, batch_size=32, lr=3e-3))
+    return f
+
+
+def test_augmented_parity_training_is_reproducible_and_its_loss_falls(
+    digits: DataSplits, small_f: DigitsCNN, tmp_path: Path
+) -> None:
+    cfg = TrainConfig(
+        epochs=3, batch_size=64, lr=3e-3, seed=2, groups_per_epoch=640, augment=Augmentation(shift=1, noise=0.02)
+    )
+    unlabelled_train = Dataset(digits.train.x)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        parity = build_parity_model(small_f)
+        result = train_parity(
+            parity, small_f, unlabelled_train, digits.val, cfg, 2, SumEncoder(2), SubtractionDecoder(2)
+        )
+        runs.append((result, parity.state_dict()))
+    (result, state), (_, again) = runs
+    assert result.history[-1].loss < 0.7 * result.history[0].loss
+    for name, tensor in state.items():
+        torch.testing.assert_close(again[name], tensor, atol=0, rtol=0)
+    # an ONNX-only F answers the augmented queries through onnxruntime, on the fly: the same run, to float precision
+    path = export_onnx(
+        small_f,
+        (torch.rand(2, 1, 8, 8),),
+        ["input"],
+        ["logits"],
+        {"input": {0: "b"}, "logits": {0: "b"}},
+        tmp_path / "f.onnx",
+    )
+    torch.manual_seed(1)
+    onnx_run = train_parity(
+        build_parity_model(small_f),
+        OnnxModule(path),
+        unlabelled_train,
+        digits.val,
+        cfg,
+        2,
+        SumEncoder(2),
+        SubtractionDecoder(2),
+    )
+    assert onnx_run.history[0].loss == pytest.approx(result.history[0].loss, rel=1e-3)
+    assert onnx_run.history[-1].loss < 0.7 * onnx_run.history[0].loss
