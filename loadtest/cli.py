@@ -198,6 +198,7 @@ def add_soak_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPa
     soak.add_argument("--pause-max", type=float, default=0.8, help="longest pause, s (< 0.9; default 0.8)")
     soak.add_argument("--kill-every", type=float, default=60.0, help="mean seconds between kills (default 60)")
     soak.add_argument("--restart-after", type=float, default=5.0, help="seconds from a kill to its restart")
+    soak.add_argument("--reap-after", type=float, default=10.0, help="seconds from a restart to reaping retired stubs")
     soak.add_argument("--sample-every", type=float, default=2.0, help="seconds between RSS samples (default 2)")
     soak.add_argument("--window", type=float, default=60.0, help="report window, s (default 60)")
     soak.add_argument("--memory-limit", type=float, default=16.0, help="allowed RSS growth, 2nd half, MB")
@@ -220,6 +221,7 @@ def run_soak_command(args: argparse.Namespace) -> int:
         pause_max_s=args.pause_max,
         kill_every_s=args.kill_every,
         restart_after_s=args.restart_after,
+        reap_after_s=args.reap_after,
         sample_every_s=args.sample_every,
         window_s=args.window,
         memory_growth_limit_mb=args.memory_limit,

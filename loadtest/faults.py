@@ -31,7 +31,6 @@ import atexit
 import contextlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,10 +44,10 @@ from types import TracebackType
 import psutil
 
 from parm.errors import FaultError
+from parm.server import instance_processes
 
 logger = logging.getLogger(__name__)
 
-STUB_NAME = "triton_python_backend_stub"
 PAUSE_HEALTH_LIMIT_S = 0.9
 """Longest pause of a Python-backend stub that the server survives with margin (see the module docstring)."""
 
@@ -63,37 +62,19 @@ def _stamp(t: float) -> str:
 def find_instance_pids(
     server_pid: int, model: str, instance_index: int | None = None, *, group_index: int | None = None
 ) -> dict[str, int]:
-    """Instance name -> pid of ``model``'s stub processes under the tritonserver ``server_pid``, sorted by name.
+    """Instance name -> pid of ``model``'s live stub processes under the tritonserver ``server_pid``, sorted by name.
 
-    Only direct children of ``server_pid`` are considered, and a command-line field must equal the instance name
-    exactly, so ``lin`` never matches ``lin_coded``'s instances. ``instance_index``/``group_index`` narrow it down
-    (``lin_0_1`` is group 0, index 1). When two processes carry one name, the newest is the live one: after a reload
-    (``TritonServer.reload_model``) the retired instances of the old version can linger beside the new ones.
+    ``instance_index``/``group_index`` narrow it down (``lin_0_1`` is group 0, index 1). When two processes carry
+    one name, the newest is the live one: after a reload (``TritonServer.reload_model``) the retired instances of
+    the old version can linger beside the new ones (``parm.server.instance_processes``).
     """
-    pattern = re.compile(rf"{re.escape(model)}_(\d+)_(\d+)")
     try:
-        children = psutil.Process(server_pid).children()
+        processes = instance_processes(server_pid, model)
     except psutil.NoSuchProcess as exc:
         raise FaultError(f"no tritonserver process with pid {server_pid}") from exc
-    found: dict[str, int] = {}
-    started: dict[str, float] = {}
-    for child in children:
-        try:
-            cmdline = child.cmdline()
-            created = child.create_time()
-        except psutil.Error:
-            continue  # exited meanwhile, or not ours to read
-        if not cmdline or os.path.basename(cmdline[0]) != STUB_NAME:
-            continue
-        for field in cmdline[1:]:
-            match = pattern.fullmatch(field)
-            if match is None:
-                continue
-            group, index = int(match.group(1)), int(match.group(2))
-            wanted = instance_index in (None, index) and group_index in (None, group)
-            if wanted and created >= started.get(field, float("-inf")):
-                found[field], started[field] = child.pid, created
-            break
+    found = {  # oldest first, so a newer process of the same name overwrites an older one
+        p.name: p.pid for p in processes if instance_index in (None, p.index) and group_index in (None, p.group)
+    }
     return dict(sorted(found.items()))
 
 

@@ -176,6 +176,7 @@ def soak_scenario(
     pause_max_s: float = 0.8,
     kill_every_s: float = 60.0,
     restart_after_s: float = 5.0,
+    quiet_tail_s: float = 1.0,
     seed: int = 0,
     start_s: float = 1.0,
 ) -> Scenario:
@@ -184,7 +185,8 @@ def soak_scenario(
     ``kill_every_s`` (jittered) a SIGKILL of a random instance, whose model is restarted ``restart_after_s`` later.
 
     A model is never paused between its kill and its restart (the pause would find no process), and faults never
-    overlap in time, so at most one instance is down at any moment: what a code with one parity must survive.
+    overlap in time, so at most one instance is down at any moment: what a code with one parity must survive. The
+    last restart comes at least ``quiet_tail_s`` before the end (time for its aftermath to settle).
     """
     if not targets or any(n < 1 for n in targets.values()):
         raise FaultError(f"soak targets need at least one model with at least one instance, got {dict(targets)}")
@@ -195,7 +197,7 @@ def soak_scenario(
     busy: list[tuple[float, float]] = []
     events: list[FaultEvent] = []
     t = start_s + float(rng.uniform(0.5, 1.0)) * kill_every_s
-    while t + restart_after_s < duration_s - 1.0:
+    while t + restart_after_s < duration_s - quiet_tail_s:
         model, index = instances[int(rng.integers(len(instances)))]
         events.append(FaultEvent(round(t, 4), FaultKind.KILL, instance=index, model=model))
         events.append(FaultEvent(round(t + restart_after_s, 4), FaultKind.RESTART, model=model))

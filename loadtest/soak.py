@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,8 @@ class SoakConfig:
     pause_max_s: float = 0.8
     kill_every_s: float = 60.0
     restart_after_s: float = 5.0
+    reap_after_s: float = 10.0
+    """Seconds after a restart when instances of the retired version still alive are killed (``reload_model``)."""
     sample_every_s: float = 2.0
     window_s: float = 60.0
     """Width of the time windows the report breaks the run into."""
@@ -290,6 +293,7 @@ def soak_checks(
     unexplained: Sequence[dict[str, Any]],
     memory: Sequence[MemoryTrend],
     orchestrator: str,
+    children: dict[str, int],
 ) -> list[SoakCheck]:
     sent = stats.count
     checks = [
@@ -317,6 +321,15 @@ def soak_checks(
         ),
         SoakCheck("every fault undone", stats.faults_undone, f"{stats.faults} faults applied"),
     ]
+    checks.append(
+        SoakCheck(
+            "restarts leave no process behind",
+            bool(children) and children.get("last") == children.get("first"),
+            f"server child processes: {children.get('first')} at the start, {children.get('last')} at the end "
+            f"(at most {children.get('max')}); retired instances are reaped {config.reap_after_s:g} s after a "
+            "restart",
+        )
+    )
     mine = [m for m in memory if m.process.startswith(f"{orchestrator}_")]
     growth = max((m.second_half_growth_mb for m in mine if np.isfinite(m.second_half_growth_mb)), default=float("nan"))
     checks.append(
@@ -397,6 +410,7 @@ class Soak:
             pause_max_s=config.pause_max_s,
             kill_every_s=config.kill_every_s,
             restart_after_s=config.restart_after_s,
+            quiet_tail_s=config.reap_after_s + 2 * config.sample_every_s + 1.0,
             seed=config.seed,
         )
         logger.info("soak: %g requests/s for %g s on %s; %s", config.rate, config.duration_s, self.coded,
@@ -413,7 +427,9 @@ class Soak:
             time.sleep(1.0)
             before, requests_before = self._settled_counters(server), self._server_requests(server)
             models = [self.coded, *self.targets]
-            runner = FaultRunner(scenario, server.pid, self.coded, restart=server.reload_model)
+            runner = FaultRunner(
+                scenario, server.pid, self.coded, restart=partial(server.reload_model, reap_after_s=config.reap_after_s)
+            )
             with MemorySampler(server.pid, models, config.sample_every_s) as sampler:
                 runner.start()
                 try:
@@ -436,6 +452,8 @@ class Soak:
         )
         unexplained = unexplained_errors(result, fault_windows(log, config.timeout_s))
         memory = memory_trends(sampler.samples, result.started_wall, result.started_wall + result.wall_s)
+        counts = [count for _, count in sampler.child_counts] or [0]
+        children = {"first": counts[0], "last": counts[-1], "max": max(counts)}
         checks = soak_checks(
             config,
             stats,
@@ -444,8 +462,8 @@ class Soak:
             unexplained,
             memory,
             self.coded,
+            children,
         )
-        counts = [count for _, count in sampler.child_counts] or [0]
         outcome = SoakOutcome(
             config,
             stats,
@@ -455,7 +473,7 @@ class Soak:
             scenario,
             counters,
             unexplained,
-            {"first": counts[0], "last": counts[-1], "max": max(counts)},
+            children,
         )
         outcome.files = write_soak_outputs(self.out, outcome, result, log, sampler.samples)
         return outcome

@@ -263,6 +263,43 @@ def _diagnosis(path: Path) -> str:
     return f"{summary}last lines of {path}:\n{_tail(path, 15)}"
 
 
+@dataclass(frozen=True)
+class InstanceProcess:
+    """One Python-backend stub process under a tritonserver: which instance it runs, and since when."""
+
+    name: str
+    """The instance name, ``<model>_<group>_<index>``."""
+    group: int
+    index: int
+    pid: int
+    created: float
+
+
+def instance_processes(server_pid: int, model: str) -> list[InstanceProcess]:
+    """Every stub process of ``model`` among the direct children of the tritonserver ``server_pid``, oldest first.
+
+    A command-line field must equal the instance name exactly, so ``lin`` never matches ``lin_coded``'s instances.
+    Two processes may carry one name: after a reload the retired instances of the old version can linger beside
+    the new ones (see ``TritonServer.reload_model``). Raises ``psutil.NoSuchProcess`` if the server is gone.
+    """
+    pattern = re.compile(rf"{re.escape(model)}_(\d+)_(\d+)")
+    found = []
+    for child in psutil.Process(server_pid).children():
+        try:
+            cmdline = child.cmdline()
+            created = child.create_time()
+        except psutil.Error:
+            continue  # exited meanwhile (a zombie has no command line), or not ours to read
+        if not cmdline or os.path.basename(cmdline[0]) != STUB_NAME:
+            continue
+        for field in cmdline[1:]:
+            match = pattern.fullmatch(field)
+            if match is not None:
+                found.append(InstanceProcess(field, int(match[1]), int(match[2]), child.pid, created))
+                break
+    return sorted(found, key=lambda p: (p.created, p.pid))
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -532,7 +569,7 @@ class TritonServer:
             raise ServerError(f"{method} {path} on {self.http_url}: {exc}") from exc
         return json.loads(text) if text else None
 
-    def reload_model(self, name: str, timeout: float = 120.0) -> float:
+    def reload_model(self, name: str, timeout: float = 120.0, reap_after_s: float | None = 10.0) -> float:
         """Restarts every instance of ``name`` without downtime (needs ``--model-control-mode=explicit``); returns
         the seconds it took.
 
@@ -540,13 +577,36 @@ class TritonServer:
         change (an unchanged override included). So the load passes the model's own configuration as an override,
         with a fresh ``parm_reload`` parameter (a value no backend reads): Triton then builds a new set of instances,
         switches traffic to them once they are ready and retires the old ones, serving requests meanwhile.
+
+        Triton 2.51 never finishes retiring a version one of whose instances died during a request: its surviving
+        stub processes stay alive, idle, holding their memory. ``reap_after_s`` seconds after the reload (long after
+        any request they still held has drained), those still alive are killed; None leaves them.
         """
         started = time.monotonic()
+        retired = {p.pid for p in instance_processes(self.pid, name)}
         config = self._call("GET", f"/v2/models/{name}/config", None, timeout=10.0)
         config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": str(time.time_ns())}
         body = {"parameters": {"config": json.dumps(config)}}
         self._call("POST", f"/v2/repository/models/{name}/load", body, timeout)
+        if retired and reap_after_s is not None:
+            reaper = threading.Timer(reap_after_s, self._reap_retired, args=(name, retired))
+            reaper.daemon = True
+            reaper.start()
         return time.monotonic() - started
+
+    def _reap_retired(self, name: str, retired: set[int]) -> None:
+        try:
+            lingering = [p for p in instance_processes(self.pid, name) if p.pid in retired]
+        except psutil.Error:
+            return  # the server is gone
+        for process in lingering:
+            logger.warning(
+                "instance %s (pid %d) of a retired version of %s is still alive after its reload (Triton cannot "
+                "finish retiring a version whose instance died mid-request); killing it to free its memory",
+                process.name, process.pid, name,
+            )  # fmt: skip
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(process.pid).kill()
 
     def ready_models(self) -> list[str]:
         """Names of the models that are ready, sorted."""

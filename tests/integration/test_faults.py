@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from parm.errors import FaultError, ServerError
 from parm.loadtest import faults
-from parm.server import TritonServer
+from parm.server import TritonServer, instance_processes
 
 from .conftest import LINEAR_IN, LINEAR_OUT
 
@@ -142,3 +142,23 @@ def test_reload_model_brings_a_killed_instance_back_every_time(
         assert all(try_infer(server, timeout_s=5.0) for _ in range(6))
     with pytest.raises(ServerError, match=r"HTTP 404.*no_such_model"):
         server.reload_model("no_such_model")
+
+
+def test_reload_reaps_the_retired_instances_triton_cannot_retire(
+    start_server: Callable[..., TritonServer], linear_repository: Path
+) -> None:
+    """An instance killed while it holds a request leaves its version unable to retire after a reload: the old
+    version's surviving instance would stay alive, idle, forever. ``reload_model`` kills it after ``reap_after_s``."""
+    server = start_server(linear_repository, extra_args=("--model-control-mode=explicit", "--load-model=*"))
+    old = faults.find_instance_pids(server.pid, "lin")
+    with faults.paused(old["lin_0_0"], max_seconds=0.8):
+        held = [try_infer(server, timeout_s=0.3) for _ in range(4)]  # lin_0_0 takes one and holds it
+        faults.kill(old["lin_0_0"])  # dies while holding it
+    assert held.count(False) >= 1
+    server.reload_model("lin", reap_after_s=1.0)
+    deadline = time.monotonic() + 10
+    while old["lin_0_1"] in [p.pid for p in instance_processes(server.pid, "lin")] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p.name for p in instance_processes(server.pid, "lin")] == ["lin_0_0", "lin_0_1"]
+    assert not set(faults.find_instance_pids(server.pid, "lin").values()) & set(old.values())
+    assert all(try_infer(server, timeout_s=5.0) for _ in range(6))

@@ -118,13 +118,22 @@ def test_soak_checks_fail_on_a_lost_request_and_on_a_miscount() -> None:
     records = [_record(i, i * 0.1, 0.01, prediction=i % 4) for i in range(10)]
     config = SoakConfig(out_dir="unused")
     stats = cell_stats(_run(records), scenario="soak", scheme="parm-k2", instances=3, server_requests=10)
-    good = soak_checks(config, stats, {"requests": 10, "answers": 10}, 0, [], [], "deep_coded")
+    children = {"first": 9, "last": 9, "max": 10}
+    good = soak_checks(config, stats, {"requests": 10, "answers": 10}, 0, [], [], "deep_coded", children)
     assert [c.name for c in good if not c.passed] == ["orchestrator memory bounded"]  # no memory samples at all
     records[3].answers = 0
     records[3].ok = False
     stats = cell_stats(_run(records), scenario="soak", scheme="parm-k2", instances=3, server_requests=11)
-    bad = {c.name for c in soak_checks(config, stats, {"requests": 10, "answers": 9}, 0, [], [], "deep_coded")}
-    assert {"every request answered once", "server counted each request once", "endpoint counters agree"} <= bad
+    leftover = {"first": 9, "last": 10, "max": 10}
+    bad = {
+        c.name for c in soak_checks(config, stats, {"requests": 10, "answers": 9}, 0, [], [], "deep_coded", leftover)
+    }
+    assert {
+        "every request answered once",
+        "server counted each request once",
+        "endpoint counters agree",
+        "restarts leave no process behind",
+    } <= bad
 
 
 def test_prometheus_text_is_parsed_and_summed_by_labels() -> None:
