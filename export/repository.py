@@ -92,6 +92,9 @@ class CodedDeployment:
     max_in_flight: int = 1024
     max_parity_in_flight: int = 8
     parity_cooldown_ms: float = 5000.0
+    parity_policy: str = "on_demand"
+    """``eager`` (ParM: every closed group's parity at once) or ``on_demand`` (only for groups with a late or failed
+    member); see ``ParityPolicy``."""
     inline_code: bool = True
     """For a linear code (sum, linear): encode and decode in the orchestrator, without a round trip to the encoder
     and decoder models (which are still exported and served, for a user who turns this off)."""
@@ -124,6 +127,7 @@ class CodedDeployment:
         names = self.names
         return {
             "scheme": "parm",
+            "parity_policy": self.parity_policy,
             "k": str(self.k),
             "f_models": names.f,
             "parity_models": ",".join(self.parity_targets),

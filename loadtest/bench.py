@@ -9,7 +9,9 @@ uses. Schemes:
 - ``equal``: F alone with ``f_instances + parity_instances`` instances, as many as the coded setup uses in total;
 - ``hedged``: ``equal``'s model, with a backup copy after ``hedge_delay_ms`` (default: ``equal``'s fault-free p95
   at that rate, measured in the same run);
-- ``parm-k2`` (and ``parm-k3``, ... when the repository has them): the coded endpoint.
+- ``parm-k2`` (and ``parm-k3``, ... when the repository has them): the coded endpoint (default orchestrator
+  settings: parity on demand);
+- ``parm-eager``: the k = 2 endpoint with ParM's own policy, every closed group's parity computed at once.
 
 Scenarios: ``no-fault``, ``pause`` (SIGSTOP/SIGCONT), ``starve`` (cgroup CPU quota, or a co-located CPU hog where
 cgroups are not writable), ``kill`` (SIGKILL; the model is reloaded afterwards, since Triton does not restart a dead
@@ -100,6 +102,13 @@ def resolve_schemes(repo: BenchRepository, names: Sequence[str]) -> list[Scheme]
         elif name in ("equal", "hedged"):
             kind = SchemeKind(name)
             schemes.append(Scheme(name, kind, repo.equal_model, repo.equal_model, repo.total_instances))
+        elif name == "parm-eager":
+            if repo.coded_eager is None:
+                raise ConfigError("scheme parm-eager: the repository has no eager coded model (rebuild it)")
+            k = min(repo.coded)
+            schemes.append(
+                Scheme(name, SchemeKind.PARM, repo.coded_eager, repo.f_models[k], repo.total_instances, True, k)
+            )
         elif name == "parm" or name.startswith("parm-k"):
             ks = sorted(repo.coded) if name == "parm" else [int(name.removeprefix("parm-k"))]
             for k in ks:
@@ -113,10 +122,10 @@ def resolve_schemes(repo: BenchRepository, names: Sequence[str]) -> list[Scheme]
                     )
                 )
         else:
-            raise ConfigError(f"unknown scheme {name!r}; known: {', '.join(SCHEME_NAMES)} (or parm-k<K>)")
+            raise ConfigError(f"unknown scheme {name!r}; known: {', '.join(SCHEME_NAMES)} (or parm-k<K>, parm-eager)")
     order = {SchemeKind.EQUAL: 0, SchemeKind.HEDGED: 1, SchemeKind.NONE: 2, SchemeKind.PARM: 3}
     unique = {s.name: s for s in schemes}
-    return sorted(unique.values(), key=lambda s: (order[s.kind], s.k or 0))
+    return sorted(unique.values(), key=lambda s: (order[s.kind], s.k or 0, s.name))
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,14 @@ from parm.export.data import load_digits_splits
 from parm.export.fsource import torch_f
 from parm.export.models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE, DeepDigitsCNN
 from parm.export.pipeline import torch_threads
-from parm.export.repository import CodedDeployment, model_configs, write_repository
+from parm.export.repository import CodedDeployment, install_orchestrator, model_configs, write_repository
 from parm.export.train import TrainConfig, degraded_accuracy, train_classifier
 
 logger = logging.getLogger(__name__)
 
 F_NAME = "deep"
 EQUAL_SUFFIX = "_equal"
+EAGER_SUFFIX = "_eager"
 MAX_BATCH_SIZE = 32
 MANIFEST = "manifest.json"
 CODE = "sum"
@@ -110,6 +111,8 @@ class BenchRepository:
     parity_instances: int
     f_inference_ms: float
     """F's median inference time, one query, one onnxruntime thread, measured at build time outside Triton."""
+    coded_eager: str | None = None
+    """The first k's coded endpoint with ``parity_policy=eager`` (ParM's own policy), beside the default one."""
     manifest: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -166,6 +169,7 @@ def load_bench_repository(root: Path) -> BenchRepository:
         f_instances=manifest["spec"]["f_instances"],
         parity_instances=manifest["spec"]["parity_instances"],
         f_inference_ms=manifest["f_inference_ms"],
+        coded_eager=manifest.get("coded_eager"),
         manifest=manifest,
     )
 
@@ -181,6 +185,20 @@ def ensure_bench_repository(root: Path, spec: BenchModelSpec, rebuild: bool = Fa
             return load_bench_repository(root)
         logger.info("the benchmark repository in %s was built from another spec: rebuilding", root)
     return build_bench_repository(root, spec)
+
+
+def write_coded_variant(repository: Path, deployment: CodedDeployment, name: str) -> Path:
+    """``deployment``'s coded endpoint under another name (same F, parity and code models): the same code run
+    with other orchestrator parameters, side by side with the original."""
+    config = model_configs(deployment)[deployment.names.coded]
+    config.name = name
+    model_dir = repository / name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    install_orchestrator(model_dir / "1")
+    return model_dir
 
 
 def write_f_only_model(repository: Path, deployment: CodedDeployment, name: str, instances: int, onnx: Path) -> Path:
@@ -293,10 +311,13 @@ def write_bench_repository(root: Path, spec: BenchModelSpec) -> Path:
         if k == spec.ks[0]:
             total = spec.f_instances + spec.parity_instances
             write_f_only_model(repository, deployment, F_NAME + EQUAL_SUFFIX, total, onnx_dir / "f.onnx")
+            coded_eager = deployment.names.coded + EAGER_SUFFIX
+            write_coded_variant(repository, dataclasses.replace(deployment, parity_policy="eager"), coded_eager)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest.update(
         equal_model=F_NAME + EQUAL_SUFFIX,
         coded=coded,
+        coded_eager=coded_eager,
         f_models=f_models,
         input_name=DIGITS_INPUT,
         output_name=DIGITS_OUTPUT,

@@ -18,6 +18,18 @@ class Scheme(Enum):
     PARM = "parm"
 
 
+class ParityPolicy(Enum):
+    """When a closed coding group's parity is computed."""
+
+    EAGER = "eager"
+    """As soon as the group closes (ParM): a rebuild is ready as early as possible, and every group costs 1/k of
+    an F call on the parity models."""
+    ON_DEMAND = "on_demand"
+    """Only if a member is still unanswered when its rebuild becomes allowed (``decode_after``), or its F call
+    failed: groups whose members all answer in time (most of them) cost nothing; a rebuild arrives one parity
+    computation later. For parity models that share hardware with F."""
+
+
 RELOAD_PARAMETER = "parm_reload"
 """A ``parameters`` key that carries no setting: a changing value forces Triton to build fresh instances."""
 
@@ -40,6 +52,7 @@ class OrchestratorConfig:
     encoder_model: str = ""
     decoder_model: str = ""
     scheme: Scheme = Scheme.PARM
+    parity_policy: ParityPolicy = ParityPolicy.ON_DEMAND
     k: int = 2
     decode_after_ms: float = 0.0
     request_timeout_ms: float = 1000.0
@@ -149,6 +162,8 @@ def _parse(key: str, annotation: str, text: str) -> object:
             return float(text)
         if annotation == "Scheme":
             return Scheme(text.strip().lower())
+        if annotation == "ParityPolicy":
+            return ParityPolicy(text.strip().lower())
         if annotation == "tuple[tuple[float, ...], ...]":
             return parse_weights(text)
         if annotation == "tuple[str, ...]":

@@ -87,6 +87,8 @@ class CodingGroup:
     parity_failure: str | None = None
     no_parity_reason: str | None = None
     parity_sent: bool = False
+    parity_pending: bool = False
+    """Closed, its parity deferred until a member turns out late (``ParityPolicy.ON_DEMAND``)."""
     closed: bool = False
     decoding: bool = False
 
@@ -122,7 +124,7 @@ class CodingGroup:
 
     def unrecoverable_reason(self) -> str | None:
         """Why this group can never rebuild a missing answer, or None while it still might."""
-        if self.closed and not self.parity_sent:
+        if self.closed and not self.parity_sent and not self.parity_pending:
             return f"its coding group was closed without a parity ({self.no_parity_reason})"
         if self.parity_failure is not None:
             return f"the parity computation failed ({self.parity_failure})"

@@ -10,6 +10,7 @@ from parm.backend.orchestrator import (
     ConfigError,
     InvalidQueryError,
     OrchestratorConfig,
+    ParityPolicy,
     TensorSpec,
     validate_query,
 )
@@ -48,6 +49,14 @@ def test_config_parses_triton_json_with_defaults():
 def test_config_refuses_unknown_keys_by_name():
     with pytest.raises(ConfigError, match="decode_afterms"):
         OrchestratorConfig.from_model_config(_model_config(decode_afterms="3"))
+
+
+def test_parity_policy_defaults_to_on_demand_and_parses_eager():
+    assert OrchestratorConfig.from_model_config(_model_config()).parity_policy is ParityPolicy.ON_DEMAND
+    eager = OrchestratorConfig.from_model_config(_model_config(parity_policy="Eager"))
+    assert eager.parity_policy is ParityPolicy.EAGER
+    with pytest.raises(ConfigError, match="parity_policy"):
+        OrchestratorConfig.from_model_config(_model_config(parity_policy="lazy"))
 
 
 def test_config_skips_the_reload_marker():

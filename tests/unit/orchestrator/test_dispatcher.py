@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from parm.backend.orchestrator import AnswerSource, CodedDispatcher
+from parm.backend.orchestrator import AnswerSource, CodedDispatcher, ParityPolicy
 
 from .helpers import FailingTarget, LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query
 
@@ -457,5 +457,90 @@ def test_a_member_that_is_not_slow_keeps_f_answer_while_a_stuck_one_is_rebuilt()
         await h.settle()
         h.assert_exactly_once()
         assert h.dispatcher.stats.answers[AnswerSource.ORIGINAL] == learned + 1
+
+    run(scenario())
+
+
+async def _learn_f_latency(h: Harness, pairs: int = 12) -> None:
+    for index in range(pairs):
+        pair = [h.submit(round(0.001 * (2 * index + 1), 6)), h.submit(round(0.001 * (2 * index + 2), 6))]
+        for request in pair:
+            await h.answer(request)
+    await h.settle(0.2)
+
+
+@pytest.mark.parametrize("policy", [ParityPolicy.ON_DEMAND, ParityPolicy.EAGER])
+def test_on_demand_parity_is_computed_only_for_groups_with_a_late_member(policy):
+    async def scenario():
+        f = LinearF(delay=0.03)
+        h = Harness(f=f, parity_policy=policy, fill_timeout_quantile=0.0, request_timeout_ms=2000.0)
+        await _learn_f_latency(h)
+        f.delay = 0.01  # well within F's learned p90: this pair is not late
+        calls = h.parity.calls
+        healthy = [h.submit(0.81), h.submit(0.82)]
+        for request in healthy:
+            assert (await h.answer(request)).source is AnswerSource.ORIGINAL
+        await h.settle(0.1)
+        if policy is ParityPolicy.ON_DEMAND:
+            assert h.parity.calls == calls, "a group whose members answered in time costs no parity"
+        else:
+            assert h.parity.calls == calls + 1, "ParM computes every closed group's parity"
+        gate = f.hold[0.9] = asyncio.Event()
+        started = asyncio.get_running_loop().time()
+        stuck, partner = h.submit(0.9), h.submit(0.91)
+        answer = await h.answer(stuck)
+        assert answer.source is AnswerSource.REBUILT
+        assert asyncio.get_running_loop().time() - started >= h.config.decode_after_ms / 1000
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[stuck]["x"]), rtol=1e-5, atol=1e-5)
+        assert (await h.answer(partner)).source is AnswerSource.ORIGINAL
+        gate.set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run(scenario())
+
+
+def test_on_demand_parity_is_sent_at_once_when_an_f_call_fails():
+    async def scenario():
+        f = LinearF(delay=0.05)
+        h = Harness(f=f, fill_timeout_quantile=0.0, request_timeout_ms=2000.0)
+        await _learn_f_latency(h, pairs=4)
+        assert h.dispatcher.decode_after >= 0.05
+        f.fail.add(0.7)
+        f.delay = 0.0  # the failure comes at once, long before the decode wait
+        started = asyncio.get_running_loop().time()
+        failed, partner = h.submit(0.7), h.submit(0.71)
+        answer = await h.answer(failed)
+        assert answer.source is AnswerSource.REBUILT
+        assert asyncio.get_running_loop().time() - started < 0.03 < h.dispatcher.decode_after
+        assert (await h.answer(partner)).source is AnswerSource.ORIGINAL
+        await h.settle()
+        h.assert_exactly_once()
+
+    run(scenario())
+
+
+def test_the_parity_cooldown_doubles_while_failures_repeat_and_resets_after_a_success():
+    async def scenario():
+        parity = LinearF("f_parity")
+        h = Harness(parity=parity, parity_cooldown_ms=100.0, parity_policy=ParityPolicy.EAGER)
+        breaker = h.dispatcher
+        loop = asyncio.get_running_loop()
+        parity.fail.update({round(0.1 + 0.2, 6), round(0.3 + 0.4, 6)})
+        for pair in ((0.1, 0.2), (0.3, 0.4)):
+            opened = loop.time()
+            for request in (h.submit(pair[0]), h.submit(pair[1])):
+                await h.answer(request)
+            await h.settle(0.01)
+            cooldown = breaker._parity_down_until - opened
+            await asyncio.sleep(cooldown + 0.01)
+            if pair == (0.1, 0.2):
+                assert 0.1 <= cooldown < 0.15
+            else:
+                assert 0.2 <= cooldown < 0.25, "a second failure in a row doubles the cooldown"
+        for request in (h.submit(0.5), h.submit(0.6)):
+            await h.answer(request)
+        await h.settle(0.02)
+        assert breaker._parity_failures_in_row == 0 and breaker.stats.parity_failures == 2
 
     run(scenario())

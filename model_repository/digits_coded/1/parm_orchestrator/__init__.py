@@ -4,7 +4,7 @@ Copied into each coded model's version folder by the repository writer, so a mod
 ``triton_model.py`` is the thin Triton adapter around it.
 """
 
-from .config import RELOAD_PARAMETER, OrchestratorConfig, Scheme
+from .config import RELOAD_PARAMETER, OrchestratorConfig, ParityPolicy, Scheme
 from .dispatcher import CodedDispatcher, Target
 from .errors import ConfigError, InvalidQueryError, OrchestratorError, TargetError
 from .groups import Answer, AnswerSource
@@ -21,6 +21,7 @@ __all__ = [
     "InvalidQueryError",
     "OrchestratorConfig",
     "OrchestratorError",
+    "ParityPolicy",
     "Scheme",
     "Target",
     "TargetError",

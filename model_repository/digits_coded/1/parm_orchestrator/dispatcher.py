@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import linear
-from .config import OrchestratorConfig
+from .config import OrchestratorConfig, ParityPolicy
 from .contract import (
     DECODER_AVAILABLE_INPUT,
     DECODER_OUTPUT,
@@ -189,7 +189,8 @@ class CodedDispatcher:
         return group, slot
 
     def _close(self, group: CodingGroup) -> None:
-        """Closes a group: completes it with fillers if it is not full, then sends its parity."""
+        """Closes a group: completes it with fillers if it is not full, then sends its parity now (eager) or when a
+        member turns out late (on demand)."""
         if group.closed:
             return
         if self._open.get(group.key) is group:
@@ -198,25 +199,53 @@ class CodedDispatcher:
             group.closed = True
             self.stats.groups_unneeded += 1
             return
-        filler = None if group.full else self._fillers.take(group.slots[0].inputs)
-        reason = self._no_parity_reason(group, filler is not None)
-        if reason is not None:
-            group.closed = True
-            group.no_parity_reason = reason
-            self.stats.groups_unprotected += 1
-            self._fail_unrecoverable(group)
-            return
-        if filler is not None:
+        if not group.full:
+            filler = self._fillers.take(group.slots[0].inputs)
+            if filler is None:
+                group.closed = True
+                self._go_without_parity(group, "no filler query was known yet")
+                return
             self.stats.groups_filled += 1
             while not group.full:
                 group.add(filler[0], None, outputs=filler[1])
         group.closed = True
+        if self._config.parity_policy is ParityPolicy.EAGER:
+            self._send_parity(group)
+            return
+        group.parity_pending = True
+        now = self._loop.time()
+        due = min(m.arrival + m.decode_after for m in group.members if not m.answered)
+        if due <= now or any(slot.failure is not None for slot in group.slots):
+            self._send_parity(group)
+        else:
+            self._loop.call_later(due - now, self._parity_if_still_needed, group)
+
+    def _parity_if_still_needed(self, group: CodingGroup) -> None:
+        if not group.parity_pending or self._closed:
+            return
+        if all(member.answered for member in group.members):
+            group.parity_pending = False
+            self.stats.groups_unneeded += 1
+            return
+        self._send_parity(group)
+
+    def _send_parity(self, group: CodingGroup) -> None:
+        group.parity_pending = False
+        reason = self._no_parity_reason()
+        if reason is not None:
+            self._go_without_parity(group, reason)
+            return
         group.parity_sent = True
         real = len(group.members)
         self.stats.group_members_real += real
         self.stats.group_members_filler += group.k - real
         self._parity_in_flight += 1
         self._spawn(self._run_parity(group))
+
+    def _go_without_parity(self, group: CodingGroup, reason: str) -> None:
+        group.no_parity_reason = reason
+        self.stats.groups_unprotected += 1
+        self._fail_unrecoverable(group)
 
     def _open_parity_breaker(self, error: TargetError) -> None:
         """Stops sending parities for a while after a failure, doubling the pause while failures repeat.
@@ -231,10 +260,8 @@ class CodedDispatcher:
         self._parity_down_until = self._loop.time() + cooldown
         logger.warning("parity path failed, no parity for %.1f s: %s", cooldown, error)
 
-    def _no_parity_reason(self, group: CodingGroup, filler_known: bool) -> str | None:
-        """Why a closing group must go without a parity, or None when its parity can be sent."""
-        if not group.full and not filler_known:
-            return "no filler query was known yet"
+    def _no_parity_reason(self) -> str | None:
+        """Why a group's parity cannot be sent now, or None when it can."""
         if self._loop.time() < self._parity_down_until:
             return (
                 f"a parity model failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
@@ -254,6 +281,8 @@ class CodedDispatcher:
             reason = "it is not coded" if group is None else group.unrecoverable_reason()
             if reason is not None:
                 member.answer(Answer(AnswerSource.ERROR, error=f"{error}; no rebuild possible: {reason}"))
+            elif group is not None and group.parity_pending:
+                self._send_parity(group)  # a failed member is rebuilt at once: its parity cannot wait
             elif group is not None:
                 self._try_decode(group)
             return
@@ -283,15 +312,12 @@ class CodedDispatcher:
         except TargetError as error:
             self.stats.parity_failures += 1
             group.parity_failure = str(error)
-            if self._loop.time() >= self._parity_down_until:
-                logger.warning(
-                    "parity path failed, pausing parities for %g ms: %s", self._config.parity_cooldown_ms, error
-                )
-            self._parity_down_until = self._loop.time() + self._config.parity_cooldown_ms / 1000
+            self._open_parity_breaker(error)
             self._fail_unrecoverable(group)
             return
         finally:
             self._parity_in_flight -= 1
+        self._parity_failures_in_row = 0
         group.parity_outputs = list(outputs)
         self._try_decode(group)
 
