@@ -69,6 +69,8 @@ from .scenarios import FaultKind, FaultRunner, Scenario, kill_scenario, no_fault
 logger = logging.getLogger(__name__)
 
 SCHEME_NAMES = ("none", "equal", "hedged", "parm")
+PROFILE_RATE = 250
+"""py-spy samples per second."""
 SCENARIO_NAMES = ("no-fault", "pause", "starve", "kill")
 
 
@@ -487,7 +489,6 @@ class Bench:
         before = self._server_requests(scheme.model)
         cpu_before, cpu_started = cpu_snapshot(server.pid), time.monotonic()
         runner = FaultRunner(_window(cell.scenario, piece.start_s, piece.end_s), server.pid, scheme.fault_model)
-        profiler = self._start_profiler(piece)
         runner.start()
         try:
             result = await self._load(scheme, cell.rate, piece.start_s, piece.end_s, seed, hedge, piece.round)
@@ -498,7 +499,6 @@ class Bench:
         cell.cpu_wall_s += time.monotonic() - cpu_started
         for key, value in cpu_after.items():
             cell.cpu_s[key] = cell.cpu_s.get(key, 0.0) + value - cpu_before.get(key, 0.0)
-        self._finish_profiler(profiler)
         after = self._server_requests(scheme.model)
         cell.parts.append((piece.start_s, result))
         cell.fault_log += log
@@ -531,34 +531,42 @@ class Bench:
 
     # -- profiling ---------------------------------------------------------------------------------------------------
 
-    def _start_profiler(self, piece: Slice) -> subprocess.Popen[bytes] | None:
-        cell = piece.cell
-        if not (
-            self.config.profile_s > 0
-            and self.profile is None
-            and cell.scheme.kind is SchemeKind.PARM
-            and cell.scenario.name == "no-fault"
-            and cell.rate == self.config.rate
-        ):
-            return None
+    async def profile_orchestrator(self, cells: Sequence[Cell]) -> None:
+        """py-spy on the coded endpoint during an extra, unmeasured run at the main rate with no fault (a profiler
+        slows the process it samples, so no measured cell carries it). ``--gil`` keeps only the samples where a
+        thread holds the GIL: the CPU time spent in Python, the part of the overhead this code can change."""
+        cell = next(
+            (
+                c
+                for c in cells
+                if c.scheme.kind is SchemeKind.PARM and c.scenario.name == "no-fault" and c.rate == self.config.rate
+            ),
+            None,
+        )
+        if self.config.profile_s <= 0 or cell is None:
+            return
+        server = self._ensure_server()
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        assert self.server is not None
-        pids = faults.find_instance_pids(self.server.pid, cell.scheme.model)
+        pids = faults.find_instance_pids(server.pid, cell.scheme.model)
         if not pids or not os.path.exists(py_spy):
             self.notes.append("profiling skipped: py-spy or the coded endpoint's process not found")
-            return None
+            return
         target = next(iter(pids.values()))
         path = self.out / "profile" / "orchestrator.collapsed.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        duration = max(1, int(min(self.config.profile_s, piece.end_s - piece.start_s - 1)))
-        command = [py_spy, "record", "--pid", str(target), "--duration", str(duration), "--rate", "250",
-                   "--format", "raw", "--threads", "--nonblocking", "--output", str(path)]  # fmt: skip
-        self.profile = {"pid": target, "command": command, "path": path}
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        duration = max(1, round(self.config.profile_s))
+        command = [py_spy, "record", "--pid", str(target), "--duration", str(duration), "--rate", str(PROFILE_RATE),
+                   "--format", "raw", "--threads", "--gil", "--nonblocking", "--output", str(path)]  # fmt: skip
+        self.profile = {"pid": target, "command": command, "path": path, "seconds": duration, "rate": PROFILE_RATE}
+        logger.info("profiling %s for %d s (py-spy, unmeasured run)", cell.scheme.model, duration)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            await self._load(cell.scheme, cell.rate, 0.0, duration + 1.0, self.config.seed + 104729, None)
+        finally:
+            self._finish_profiler(process)
 
-    def _finish_profiler(self, process: subprocess.Popen[bytes] | None) -> None:
-        if process is None or self.profile is None:
-            return
+    def _finish_profiler(self, process: subprocess.Popen[bytes]) -> None:
+        assert self.profile is not None
         try:
             _, stderr = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -568,7 +576,9 @@ class Bench:
         if process.returncode != 0:
             self.profile["error"] = stderr.decode(errors="replace")[-500:]
             return
-        self.profile["summary"] = summarise_profile(Path(self.profile["path"]))
+        self.profile["summary"] = summarise_profile(
+            Path(self.profile["path"]), possible=self.profile["seconds"] * self.profile["rate"]
+        )
 
     # -- the run -----------------------------------------------------------------------------------------------------
 
@@ -594,11 +604,13 @@ class Bench:
                     "" if stats.faults_undone else " NOT ALL UNDONE",
                 )  # fmt: skip
             await asyncio.sleep(0.2)
+        await self.profile_orchestrator(cells)
 
 
-def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
+def summarise_profile(path: Path, top: int = 25, possible: int | None = None) -> dict[str, Any]:
     """py-spy's collapsed stacks -> where the samples go: by thread, and the functions with the most samples
-    (inclusive: on the stack; self: at its top)."""
+    (inclusive: on the stack; self: at its top). ``possible``: the samples one always-busy thread would give
+    (seconds x rate), so that ``busy`` says which share of the wall time the samples cover."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     threads: Counter[str] = Counter()
@@ -620,6 +632,7 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     share = {name: round(n / max(1, total), 4) for name, n in inclusive.most_common(top)}
     return {
         "samples": total,
+        "busy": None if not possible else round(total / possible, 4),
         "threads": {name: round(n / max(1, total), 4) for name, n in threads.most_common(8)},
         "inclusive": share,
         "self": {name: round(n / max(1, total), 4) for name, n in own.most_common(top)},
@@ -705,7 +718,12 @@ def write_outputs(
     ]  # fmt: skip
     markdown = markdown_report(stats, checks, header, dict(errors.most_common(30)))
     if bench.profile and "summary" in bench.profile:
-        markdown += "\n## Where the coded endpoint's process spends its samples (py-spy)\n\n"
+        summary = bench.profile["summary"]
+        markdown += (
+            "\n## Where the coded endpoint's Python time goes (py-spy --gil, unmeasured run at the main rate)\n\n"
+            f"Some thread of the orchestrator held the GIL {100 * (summary.get('busy') or 0):.1f}% of the wall time "
+            f"({summary['samples']} samples); shares below are of those samples.\n\n"
+        )
         markdown += "| share | function (inclusive) |\n|---:|---|\n"
         markdown += "\n".join(
             f"| {100 * v:.1f}% | `{k}` |" for k, v in list(bench.profile["summary"]["inclusive"].items())[:15]

@@ -158,10 +158,11 @@ class Fault(abc.ABC):
             self.undone_at = time.time()
             with _active_lock:
                 _active.discard(self)
-            logger.info(
-                "%s fault %s undone on pid %d after %.3f s",
-                _stamp(self.undone_at), self.kind, self.pid, self.undone_at - (self.applied_at or self.undone_at),
-            )  # fmt: skip
+            if self.reversible:  # a one-shot fault (a kill) has nothing to take back: no "undone" line for it
+                logger.info(
+                    "%s fault %s undone on pid %d after %.3f s",
+                    _stamp(self.undone_at), self.kind, self.pid, self.undone_at - (self.applied_at or self.undone_at),
+                )  # fmt: skip
             self._check_duration()
 
     @abc.abstractmethod

@@ -48,6 +48,7 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
         starve_window_s=0.4,
         starve_every_s=0.8,
         timeout_s=5.0,
+        profile_s=1.0,
     )
     outcome = run_bench(config)
 
@@ -97,4 +98,8 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
     for child in psutil.Process().children(recursive=True):
         assert child.status() != psutil.STATUS_STOPPED
     assert summary["targets"], "the target checks are reported"
+    profile = summary["profile"]  # an extra unmeasured run: no measured cell is slowed by the profiler
+    assert profile is not None and ("summary" in profile or "error" in profile), profile
+    if "summary" in profile:
+        assert 0 <= profile["summary"]["busy"] <= 2 and "--gil" in profile["command"]
     assert "| rate/s |" in (out / "summary.md").read_text()
