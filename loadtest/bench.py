@@ -532,17 +532,16 @@ class Bench:
     # -- profiling ---------------------------------------------------------------------------------------------------
 
     async def profile_orchestrator(self, cells: Sequence[Cell]) -> None:
-        """py-spy on the coded endpoint during an extra, unmeasured run at the main rate with no fault (a profiler
+        """py-spy on the default coded endpoint (lowest k) during an extra, unmeasured run at the main rate with no
+        fault (a profiler
         slows the process it samples, so no measured cell carries it). ``--gil`` keeps only the samples where a
         thread holds the GIL: the CPU time spent in Python, the part of the overhead this code can change."""
-        cell = next(
-            (
-                c
-                for c in cells
-                if c.scheme.kind is SchemeKind.PARM and c.scenario.name == "no-fault" and c.rate == self.config.rate
-            ),
-            None,
-        )
+        candidates = [
+            c
+            for c in cells
+            if c.scheme.kind is SchemeKind.PARM and c.scenario.name == "no-fault" and c.rate == self.config.rate
+        ]
+        cell = min(candidates, key=lambda c: (not c.scheme.name.startswith("parm-k"), c.scheme.k), default=None)
         if self.config.profile_s <= 0 or cell is None:
             return
         server = self._ensure_server()
