@@ -533,9 +533,9 @@ class Bench:
 
     async def profile_orchestrator(self, cells: Sequence[Cell]) -> None:
         """py-spy on the default coded endpoint (lowest k) during an extra, unmeasured run at the main rate with no
-        fault (a profiler
-        slows the process it samples, so no measured cell carries it). ``--gil`` keeps only the samples where a
-        thread holds the GIL: the CPU time spent in Python, the part of the overhead this code can change."""
+        fault (a profiler slows the process it samples, so no measured cell carries it). ``--gil`` keeps only the
+        samples where a thread holds the GIL: the CPU time spent in Python, the part of the overhead this code can
+        change."""
         candidates = [
             c
             for c in cells
