@@ -63,25 +63,38 @@ def test_coded_metadata_is_f_metadata_plus_the_flag(server):
     assert http.get_model_config(CODED)["max_batch_size"] == http.get_model_config(F)["max_batch_size"]
 
 
+def _assert_f_answers_unless_flagged(pairs) -> None:
+    """Nothing is slow: every answer is F's own, bit for bit. The one exception the policy allows is a request whose
+    F happened to take longer than its usual 90th percentile while the rebuild won: such an answer is flagged, and
+    on a quiet server it is rare."""
+    flagged = 0
+    for coded, direct in pairs:
+        flags = coded.as_numpy(RECONSTRUCTED_OUTPUT)
+        assert flags.shape == (direct.as_numpy("logits").shape[0], 1)
+        if flags.any():
+            flagged += 1
+            continue
+        np.testing.assert_array_equal(coded.as_numpy("logits"), direct.as_numpy("logits"))
+    assert flagged <= max(1, len(pairs) // 10), f"{flagged} of {len(pairs)} answers rebuilt with nothing slow"
+
+
 def test_answers_equal_f_when_nothing_is_slow_over_http(server, digits):
     client = httpclient.InferenceServerClient(server.http_address)
+    pairs = []
     for batch in (1, 3, 8):
         for start in range(0, 24, batch):
             x = digits[start : start + batch]
-            coded = _http_infer(client, CODED, x)
-            direct = _http_infer(client, F, x)
-            np.testing.assert_array_equal(coded.as_numpy("logits"), direct.as_numpy("logits"))
-            assert coded.as_numpy(RECONSTRUCTED_OUTPUT).shape == (batch, 1)
-            assert not coded.as_numpy(RECONSTRUCTED_OUTPUT).any()
+            pairs.append((_http_infer(client, CODED, x), _http_infer(client, F, x)))
+    _assert_f_answers_unless_flagged(pairs)
 
 
 def test_answers_equal_f_when_nothing_is_slow_over_grpc(server, digits):
     client = grpcclient.InferenceServerClient(server.grpc_url)
+    pairs = []
     for start in range(0, 20, 2):
         x = digits[start : start + 2]
-        coded = _grpc_infer(client, CODED, x)
-        np.testing.assert_array_equal(coded.as_numpy("logits"), _grpc_infer(client, F, x).as_numpy("logits"))
-        assert not coded.as_numpy(RECONSTRUCTED_OUTPUT).any()
+        pairs.append((_grpc_infer(client, CODED, x), _grpc_infer(client, F, x)))
+    _assert_f_answers_unless_flagged(pairs)
 
 
 def test_a_client_may_ask_for_f_outputs_only(server, digits):
