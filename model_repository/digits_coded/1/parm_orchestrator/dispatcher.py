@@ -221,6 +221,7 @@ class CodedDispatcher:
             self._loop.call_later(due - now, self._parity_if_still_needed, group)
 
     def _parity_if_still_needed(self, group: CodingGroup) -> None:
+        """A deferred parity's due time: sent if a member is still unanswered, else the group cost nothing."""
         if not group.parity_pending or self._closed:
             return
         if all(member.answered for member in group.members):
@@ -230,6 +231,7 @@ class CodedDispatcher:
         self._send_parity(group)
 
     def _send_parity(self, group: CodingGroup) -> None:
+        """Encodes the group and runs its parity model(s), unless the breaker or the in-flight bound says no."""
         group.parity_pending = False
         reason = self._no_parity_reason()
         if reason is not None:
@@ -243,6 +245,7 @@ class CodedDispatcher:
         self._spawn(self._run_parity(group))
 
     def _go_without_parity(self, group: CodingGroup, reason: str) -> None:
+        """The group will have no parity: members whose F already failed get their error now."""
         group.no_parity_reason = reason
         self.stats.groups_unprotected += 1
         self._fail_unrecoverable(group)
