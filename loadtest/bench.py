@@ -296,6 +296,30 @@ def plan_cells(config: BenchConfig, schemes: Sequence[Scheme], sweep_schemes: Se
     return cells
 
 
+def server_request_count(grpc_url: str, model: str) -> int | None:
+    """Requests the server counted for ``model`` so far (success + fail), or None if it cannot say.
+
+    Triton updates the count when it releases a request, a moment after the client has its answer: read until
+    two reads agree, so that a request of the previous run is never counted in the next one.
+    """
+    try:
+        with grpcclient.InferenceServerClient(grpc_url) as client:
+            previous = None
+            deadline = time.monotonic() + 2.0
+            while True:
+                stats = client.get_inference_statistics(model, as_json=True)
+                inference = stats["model_stats"][0]["inference_stats"]
+                count = int(inference.get("success", {}).get("count", 0))
+                count += int(inference.get("fail", {}).get("count", 0))
+                if count == previous or time.monotonic() > deadline:
+                    return count
+                previous = count
+                time.sleep(0.05)
+    except Exception as exc:  # statistics are a cross-check; a failure to read them must not stop the run
+        logger.warning("cannot read the server's statistics of %s: %s", model, exc)
+        return None
+
+
 def cpu_snapshot(server_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by tritonserver, by each model's instance (stub) processes, by this
     process (the load generator), and by the whole machine ("machine busy": every process, ours or not).
@@ -415,30 +439,6 @@ class Bench:
             return self.start_server()
         return self.server
 
-    def _server_requests(self, model: str) -> int | None:
-        """Requests the server counted for ``model`` so far (success + fail), or None if it cannot say.
-
-        Triton updates the count when it releases a request, a moment after the client has its answer: read until
-        two reads agree, so that a request of the previous run is never counted in the next one.
-        """
-        assert self.server is not None
-        try:
-            with grpcclient.InferenceServerClient(self.server.grpc_url) as client:
-                previous = None
-                deadline = time.monotonic() + 2.0
-                while True:
-                    stats = client.get_inference_statistics(model, as_json=True)
-                    inference = stats["model_stats"][0]["inference_stats"]
-                    count = int(inference.get("success", {}).get("count", 0))
-                    count += int(inference.get("fail", {}).get("count", 0))
-                    if count == previous or time.monotonic() > deadline:
-                        return count
-                    previous = count
-                    time.sleep(0.05)
-        except Exception as exc:  # statistics are a cross-check; a failure to read them must not stop the run
-            logger.warning("cannot read the server's statistics of %s: %s", model, exc)
-            return None
-
     # -- cells -------------------------------------------------------------------------------------------------------
 
     async def _load(
@@ -486,7 +486,7 @@ class Bench:
         warmup = config.warmup_s if piece.round == 0 else min(0.5, config.warmup_s)
         if warmup > 0:
             await self._load(scheme, cell.rate, 0.0, warmup, seed + 7919 + piece.round, hedge)
-        before = self._server_requests(scheme.model)
+        before = server_request_count(server.grpc_url, scheme.model)
         cpu_before, cpu_started = cpu_snapshot(server.pid), time.monotonic()
         runner = FaultRunner(_window(cell.scenario, piece.start_s, piece.end_s), server.pid, scheme.fault_model)
         runner.start()
@@ -499,7 +499,7 @@ class Bench:
         cell.cpu_wall_s += time.monotonic() - cpu_started
         for key, value in cpu_after.items():
             cell.cpu_s[key] = cell.cpu_s.get(key, 0.0) + value - cpu_before.get(key, 0.0)
-        after = self._server_requests(scheme.model)
+        after = server_request_count(server.grpc_url, scheme.model)
         cell.parts.append((piece.start_s, result))
         cell.fault_log += log
         cell.fault_offsets += [piece.start_s] * len(log)

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-import tritonclient.grpc as grpcclient
 
 from parm.errors import ConfigError
 from parm.export.data import load_digits_splits
@@ -42,7 +41,7 @@ from parm.export.repository import orchestrator_config, read_config
 from parm.server import TritonServer
 
 from . import prometheus
-from .bench import f_predictions
+from .bench import f_predictions, server_request_count
 from .benchrepo import BenchModelSpec, BenchRepository, ensure_bench_repository
 from .faults import find_instance_pids
 from .openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
@@ -393,12 +392,6 @@ class Soak:
             previous = counters
             time.sleep(0.6)
 
-    def _server_requests(self, server: TritonServer) -> int:
-        with grpcclient.InferenceServerClient(server.grpc_url) as client:
-            stats = client.get_inference_statistics(self.coded, as_json=True)
-        inference = stats["model_stats"][0]["inference_stats"]
-        return int(inference.get("success", {}).get("count", 0)) + int(inference.get("fail", {}).get("count", 0))
-
     def run(self) -> SoakOutcome:
         config = self.config
         scenario = soak_scenario(
@@ -425,7 +418,8 @@ class Soak:
             if config.warmup_s > 0:
                 asyncio.run(self._load(server, config.warmup_s, config.seed + 7919))
             time.sleep(1.0)
-            before, requests_before = self._settled_counters(server), self._server_requests(server)
+            before = self._settled_counters(server)
+            requests_before = server_request_count(server.grpc_url, self.coded)
             models = [self.coded, *self.targets]
             runner = FaultRunner(
                 scenario, server.pid, self.coded, restart=partial(server.reload_model, reap_after_s=config.reap_after_s)
@@ -438,7 +432,10 @@ class Soak:
                     log = runner.stop()
                     undone = runner.all_undone()
             after = self._settled_counters(server)
-            server_requests = self._server_requests(server) - requests_before
+            requests_after = server_request_count(server.grpc_url, self.coded)
+        server_requests = None
+        if requests_before is not None and requests_after is not None:
+            server_requests = requests_after - requests_before
         counters = {key: after[key] - before[key] for key in ("requests", "answers")}
         stats = cell_stats(
             result,
