@@ -108,8 +108,8 @@ def _counter_specs() -> list[_CounterSpec]:
         specs.append(
             _CounterSpec(
                 "parm_groups_total",
-                "Coding groups closed: full (k requests), filled (completed with fillers), unneeded (every member "
-                "already answered, no parity sent), unprotected (no filler known, no parity)",
+                "Coding groups: full (k requests) or filled (completed with fillers) when closed; unneeded (every "
+                "member answered in time, no parity sent) or unprotected (no parity possible) when they send none",
                 {"fill": fill},
                 lambda s, field=field: getattr(s, field),
             )
