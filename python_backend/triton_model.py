@@ -50,18 +50,26 @@ class _TritonLogHandler(logging.Handler):
 
 
 class BlsTarget:
-    """A model in the same Triton server, called through BLS; every error response becomes a ``TargetError``."""
+    """A model in the same Triton server, called through BLS; every error response becomes a ``TargetError``.
+
+    The call runs on a thread of the loop's executor, as ``async_exec`` would, but with a blocking ``exec``: the
+    worker then hands the outputs to ``on_outputs`` itself, so F's answer leaves from that thread at once.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    async def infer(self, inputs, output_names):
+    async def infer(self, inputs, output_names, on_outputs=None):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._exec, inputs, list(output_names), on_outputs)
+
+    def _exec(self, inputs, output_names, on_outputs):
         request = pb_utils.InferenceRequest(
             model_name=self.name,
             inputs=[pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs.items()],
-            requested_output_names=list(output_names),
+            requested_output_names=output_names,
         )
-        response = await request.async_exec()
+        response = request.exec()
         if response.has_error():
             raise TargetError(self.name, response.error().message())
         outputs = {}
@@ -70,6 +78,8 @@ class BlsTarget:
             if tensor is None:
                 raise TargetError(self.name, f"its response lacks output '{name}'")
             outputs[name] = tensor.as_numpy().copy()
+        if on_outputs is not None:
+            on_outputs(outputs)
         return outputs
 
 
@@ -183,17 +193,13 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"{self._name}: exporting metrics failed: {error}")
 
     def _send_responses(self) -> None:
-        """Sends responses from a thread of its own: a send waits on the server, and the loop must not."""
+        """Sends the loop's responses from a thread of its own: a send waits on the server, and the loop must not."""
         while (item := self._responses.get()) is not None:
-            sender, response = item
-            try:
-                sender.send(response, flags=_FINAL)
-            except Exception as error:
-                pb_utils.Logger.log_error(f"{self._name}: sending a response failed: {error}")
+            self._send_now(*item)
 
     def _reply(self, sender, batch: int, answer: Answer) -> None:
         if answer.source is AnswerSource.ERROR:
-            self._responses.put((sender, self._error_response(answer.error)))
+            self._send(sender, self._error_response(answer.error))
             return
         rebuilt = answer.source is AnswerSource.REBUILT
         tensors = [
@@ -205,7 +211,20 @@ class TritonPythonModel:
             response = pb_utils.InferenceResponse(output_tensors=tensors, parameters={RECONSTRUCTED_OUTPUT: rebuilt})
         else:
             response = pb_utils.InferenceResponse(output_tensors=tensors)
-        self._responses.put((sender, response))
+        self._send(sender, response)
+
+    def _send(self, sender, response) -> None:
+        """Sends at once from a worker thread (F's answers); the loop's answers go through the sending thread."""
+        if threading.get_ident() == self._thread.ident:
+            self._responses.put((sender, response))
+        else:
+            self._send_now(sender, response)
+
+    def _send_now(self, sender, response) -> None:
+        try:
+            sender.send(response, flags=_FINAL)
+        except Exception as error:
+            pb_utils.Logger.log_error(f"{self._name}: sending a response failed: {error}")
 
     def _error_response(self, message: str):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self._name}: {message}"))

@@ -5,6 +5,7 @@ Pure bookkeeping with no asyncio and no Triton, so every rule here is unit-testa
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,22 +41,29 @@ class Member:
     inputs: Tensors
     arrival: float
     reply: Callable[[Answer], None]
+    """The client's callback: called once, on whichever thread wins ``answer``."""
     decode_after: float = 0.0
     """Seconds F gets to answer before a rebuilt answer may replace its own (unless F fails)."""
     source: AnswerSource | None = None
     rebuilt: Tensors | None = None
+    _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def answered(self) -> bool:
         return self.source is not None
 
     def answer(self, answer: Answer) -> bool:
-        """Sends ``answer`` unless one was already sent; returns whether it was sent."""
-        if self.answered:
-            return False
-        self.source = answer.source
-        if answer.source is AnswerSource.REBUILT:
-            self.rebuilt = answer.outputs
+        """Sends ``answer`` unless one was already sent; returns whether it was sent.
+
+        Thread-safe: F's answer is sent from the thread that received it (no hop through the event loop), and may
+        race a rebuilt answer, a deadline or a shutdown on the loop; exactly one of them wins.
+        """
+        with self._claim:
+            if self.source is not None:
+                return False
+            self.source = answer.source
+            if answer.source is AnswerSource.REBUILT:
+                self.rebuilt = answer.outputs
         self.reply(answer)
         return True
 

@@ -1,7 +1,9 @@
 """Real in-process targets for the orchestrator core: a linear F (where the sum code is exact) and the sum code.
 
 They are the core's real collaborators in miniature, not mocks: F computes, the encoder sums, the decoder subtracts.
-A ``Gate`` holds an F call the way a SIGSTOPped instance would, until the test opens it (or forever).
+A ``Gate`` holds an F call the way a SIGSTOPped instance would, until the test opens it (or forever). F computes on
+a worker thread and hands its outputs over from there, as the BLS target does, so the race between F's answer (on
+that thread) and rebuilt answers, deadlines and shutdown (on the loop) is exercised for real.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class LinearF:
         self.fail: set[float] = set()
         self.calls = 0
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], on_outputs=None
+    ) -> dict[str, np.ndarray]:
         self.calls += 1
         x = inputs["x"]
         marker = round(float(x.reshape(-1)[0]), 6)
@@ -69,13 +73,20 @@ class LinearF:
             await self.hold[marker].wait()
         if marker in self.fail:
             raise TargetError(self.name, f"instance failed on query {marker}")
-        return {"y": linear_f(x)}
+        return await asyncio.get_running_loop().run_in_executor(None, _compute, x, on_outputs)
+
+
+def _compute(x: np.ndarray, on_outputs) -> dict[str, np.ndarray]:
+    outputs = {"y": linear_f(x)}
+    if on_outputs is not None:
+        on_outputs(outputs)
+    return outputs
 
 
 class SumEncoder:
     name = "f_encoder"
 
-    async def infer(self, inputs, output_names):
+    async def infer(self, inputs, output_names, on_outputs=None):
         return {ENCODER_OUTPUT: inputs[ENCODER_INPUT].sum(axis=0, keepdims=True)}
 
 
@@ -85,7 +96,7 @@ class SubtractionDecoder:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def infer(self, inputs, output_names):
+    async def infer(self, inputs, output_names, on_outputs=None):
         self.calls += 1
         outputs = inputs[DECODER_OUTPUTS_INPUT]
         available = inputs[DECODER_AVAILABLE_INPUT].reshape(-1, *([1] * (outputs.ndim - 1)))
@@ -98,7 +109,7 @@ class FailingTarget:
         self.name = name
         self.calls = 0
 
-    async def infer(self, inputs, output_names):
+    async def infer(self, inputs, output_names, on_outputs=None):
         self.calls += 1
         raise TargetError(self.name, "unavailable")
 

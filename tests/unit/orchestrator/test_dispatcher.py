@@ -50,9 +50,11 @@ class Harness:
         self.replies[request] = []
         self.done[request] = asyncio.Event()
 
-        def reply(answer, request=request):
+        loop = asyncio.get_running_loop()
+
+        def reply(answer, request=request):  # F's answers come from a worker thread
             self.replies[request].append(answer)
-            self.done[request].set()
+            loop.call_soon_threadsafe(self.done[request].set)
 
         self.dispatcher.submit(self.queries[request], reply)
         return request

@@ -5,7 +5,9 @@ Data flow per request: its query goes to F at once; it joins the open coding gro
 parity model(s); each member is answered with F's output if it comes first, else with the decoder's rebuilt output
 once the decode policy allows, else with an error at its deadline. Every member is answered exactly once.
 
-Everything runs on one event loop; ``submit`` must be called on that loop's thread.
+Everything runs on one event loop; ``submit`` must be called on that loop's thread. One step runs elsewhere: an F
+target may hand over its outputs from the thread that received them (``on_outputs``), and the member is answered
+right there, so F's answer skips two thread hand-offs; the loop settles the bookkeeping when the call returns.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import time
+from functools import partial
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -55,8 +58,17 @@ class Target(Protocol):
 
     name: str
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> Tensors:
-        """Runs the model; raises ``TargetError`` when it answers with an error."""
+    async def infer(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        on_outputs: Callable[[Tensors], None] | None = None,
+    ) -> Tensors:
+        """Runs the model; raises ``TargetError`` when it answers with an error.
+
+        ``on_outputs``, when given, is called with the outputs as soon as they are known, on any thread, before
+        ``infer`` returns them: a target that waits for its model on a worker thread calls it there.
+        """
         ...
 
 
@@ -128,22 +140,20 @@ class CodedDispatcher:
         return len(self._open)
 
     def submit(self, inputs: Tensors, reply: Callable[[Answer], None]) -> None:
-        """Accepts one validated request; ``reply`` is called exactly once, on the loop thread."""
+        """Accepts one validated request; ``reply`` is called exactly once: on the loop thread, or for F's own
+        answer on the thread where the F target handed it over (so ``reply`` must be thread-safe)."""
         request_id = next(self._ids)
         member = Member(
-            request_id,
-            inputs,
-            self._loop.time(),
-            lambda answer: self._deliver(request_id, answer, reply),
-            decode_after=self.decode_after,
+            request_id, inputs, self._loop.time(), partial(_reply_safely, request_id, reply), self.decode_after
         )
         self.stats.requests += 1
         if self._closed:
-            member.answer(Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
+            self._answer(member, Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
             return
         if len(self._pending) >= self._config.max_in_flight:
             self.stats.shed_requests += 1
-            member.answer(
+            self._answer(
+                member,
                 Answer(
                     AnswerSource.ERROR,
                     error=f"overloaded: {len(self._pending)} requests in flight (max_in_flight="
@@ -171,7 +181,7 @@ class CodedDispatcher:
         """Answers every request still in flight with an error and cancels outstanding work; idempotent."""
         self._closed = True
         for member in list(self._pending.values()):
-            member.answer(Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
+            self._answer(member, Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -276,14 +286,20 @@ class CodedDispatcher:
     async def _run_original(self, group: CodingGroup | None, slot: Slot, target: Target) -> None:
         member = slot.member
         assert member is not None
+        answered_early = False
+
+        def answer_early(outputs: Tensors) -> None:
+            nonlocal answered_early
+            answered_early = member.answer(Answer(AnswerSource.ORIGINAL, outputs))
+
         try:
-            outputs = await target.infer(slot.inputs, self._config.output_names)
+            outputs = await target.infer(slot.inputs, self._config.output_names, on_outputs=answer_early)
         except TargetError as error:
             self.stats.original_failures += 1
             slot.failure = str(error)
             reason = "it is not coded" if group is None else group.unrecoverable_reason()
             if reason is not None:
-                member.answer(Answer(AnswerSource.ERROR, error=f"{error}; no rebuild possible: {reason}"))
+                self._answer(member, Answer(AnswerSource.ERROR, error=f"{error}; no rebuild possible: {reason}"))
             elif group is not None and group.parity_pending:
                 self._send_parity(group)  # a failed member is rebuilt at once: its parity cannot wait
             elif group is not None:
@@ -296,7 +312,8 @@ class CodedDispatcher:
                 estimate.add(latency)
         if member.source is AnswerSource.REBUILT and member.rebuilt is not None:
             self.stats.record_fidelity(member.rebuilt, outputs)
-        member.answer(Answer(AnswerSource.ORIGINAL, outputs))
+        if answered_early or member.answer(Answer(AnswerSource.ORIGINAL, outputs)):
+            self._settle(member, AnswerSource.ORIGINAL)
         self._fillers.add(slot.inputs, outputs)
         if group is not None:
             self._try_decode(group)
@@ -382,7 +399,7 @@ class CodedDispatcher:
             member = slot.member
             if member is None or member.answered or not decode_allowed(now, member, slot):
                 continue
-            member.answer(Answer(AnswerSource.REBUILT, {name: decoded[name][slot.index] for name in decoded}))
+            self._answer(member, Answer(AnswerSource.REBUILT, {name: decoded[name][slot.index] for name in decoded}))
         self._try_decode(group)
 
     def _decoder_inputs(self, group: CodingGroup, name: str) -> Tensors:
@@ -405,7 +422,8 @@ class CodedDispatcher:
             return
         for slot in group.slots:
             if slot.member is not None and slot.failure is not None:
-                slot.member.answer(Answer(AnswerSource.ERROR, error=f"{slot.failure}; no rebuild possible: {reason}"))
+                error = f"{slot.failure}; no rebuild possible: {reason}"
+                self._answer(slot.member, Answer(AnswerSource.ERROR, error=error))
 
     def _expire(self, member: Member) -> None:
         if member.answered:
@@ -415,18 +433,20 @@ class CodedDispatcher:
         reason = group.unrecoverable_reason() if group is not None else "it was not coded"
         detail = f" and could not be rebuilt: {reason}" if reason else " and the code has not rebuilt it yet"
         message = f"no answer within request_timeout_ms={self._config.request_timeout_ms:g}: F did not answer{detail}"
-        member.answer(Answer(AnswerSource.ERROR, error=message))
+        self._answer(member, Answer(AnswerSource.ERROR, error=message))
 
-    def _deliver(self, request_id: int, answer: Answer, reply: Callable[[Answer], None]) -> None:
-        self._pending.pop(request_id, None)
-        self._groups_of.pop(request_id, None)
-        for timer in self._timers.pop(request_id, []):
+    def _answer(self, member: Member, answer: Answer) -> None:
+        """Answers ``member`` from the loop, unless it already has its answer."""
+        if member.answer(answer):
+            self._settle(member, answer.source)
+
+    def _settle(self, member: Member, source: AnswerSource) -> None:
+        """The loop's bookkeeping once ``member`` was answered (on whichever thread): called once per member."""
+        self._pending.pop(member.request_id, None)
+        self._groups_of.pop(member.request_id, None)
+        for timer in self._timers.pop(member.request_id, []):
             timer.cancel()
-        self.stats.answers[answer.source] += 1
-        try:
-            reply(answer)
-        except Exception:
-            logger.exception("sending the answer of request %d failed", request_id)
+        self.stats.answers[source] += 1
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coroutine)
@@ -437,3 +457,11 @@ class CodedDispatcher:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("orchestrator task crashed", exc_info=task.exception())
+
+
+def _reply_safely(request_id: int, reply: Callable[[Answer], None], answer: Answer) -> None:
+    """A failing reply callback is logged; it must not break the orchestrator's bookkeeping."""
+    try:
+        reply(answer)
+    except Exception:
+        logger.exception("sending the answer of request %d failed", request_id)
