@@ -16,8 +16,8 @@ import asyncio
 import itertools
 import logging
 import time
-from functools import partial
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -158,7 +158,7 @@ class CodedDispatcher:
                     AnswerSource.ERROR,
                     error=f"overloaded: {len(self._pending)} requests in flight (max_in_flight="
                     f"{self._config.max_in_flight}); request shed, retry later",
-                )
+                ),
             )
             return
         self._pending[request_id] = member
@@ -205,7 +205,8 @@ class CodedDispatcher:
             return
         if self._open.get(group.key) is group:
             del self._open[group.key]
-        if all(member.answered for member in group.members):
+        unanswered = [member for member in group.members if not member.answered]  # F may answer one meanwhile
+        if not unanswered:
             group.closed = True
             self.stats.groups_unneeded += 1
             return
@@ -224,7 +225,7 @@ class CodedDispatcher:
             return
         group.parity_pending = True
         now = self._loop.time()
-        due = min(m.arrival + m.decode_after for m in group.members if not m.answered)
+        due = min(member.arrival + member.decode_after for member in unanswered)
         if due <= now or any(slot.failure is not None for slot in group.slots):
             self._send_parity(group)
         else:
@@ -428,17 +429,20 @@ class CodedDispatcher:
     def _expire(self, member: Member) -> None:
         if member.answered:
             return
-        self.stats.deadline_misses += 1
         group = self._groups_of.get(member.request_id)
         reason = group.unrecoverable_reason() if group is not None else "it was not coded"
         detail = f" and could not be rebuilt: {reason}" if reason else " and the code has not rebuilt it yet"
         message = f"no answer within request_timeout_ms={self._config.request_timeout_ms:g}: F did not answer{detail}"
-        self._answer(member, Answer(AnswerSource.ERROR, error=message))
+        if self._answer(member, Answer(AnswerSource.ERROR, error=message)):
+            self.stats.deadline_misses += 1
 
-    def _answer(self, member: Member, answer: Answer) -> None:
-        """Answers ``member`` from the loop, unless it already has its answer."""
-        if member.answer(answer):
-            self._settle(member, answer.source)
+    def _answer(self, member: Member, answer: Answer) -> bool:
+        """Answers ``member`` from the loop unless it already has its answer (F's may have come from another thread
+        since the caller looked); returns whether this was its answer."""
+        if not member.answer(answer):
+            return False
+        self._settle(member, answer.source)
+        return True
 
     def _settle(self, member: Member, source: AnswerSource) -> None:
         """The loop's bookkeeping once ``member`` was answered (on whichever thread): called once per member."""

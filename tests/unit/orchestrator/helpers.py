@@ -9,7 +9,9 @@ that thread) and rebuilt answers, deadlines and shutdown (on the loop) is exerci
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +24,8 @@ from parm.backend.orchestrator.contract import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
 )
+
+T = TypeVar("T")
 
 IN_SHAPE = (3, 2)
 OUT_DIM = 4
@@ -120,3 +124,28 @@ def query(marker: float, batch: int = 1, seed: int | None = None) -> dict[str, n
     x = rng.normal(size=(batch, *IN_SHAPE)).astype(np.float32)
     x.reshape(-1)[0] = marker
     return {"x": x}
+
+
+def run_checked(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, failing the test if a loop callback raised or an orchestrator task crashed: asyncio and the
+    dispatcher only log those, and a test would pass over them."""
+    errors: list[str] = []
+
+    class Record(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "orchestrator task crashed":
+                errors.append(self.format(record))
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(repr(context)))
+        return await coroutine
+
+    handler = Record()
+    logger = logging.getLogger("parm.backend.orchestrator")
+    logger.addHandler(handler)
+    try:
+        result = asyncio.run(main())
+    finally:
+        logger.removeHandler(handler)
+    assert not errors, "\n".join(errors)
+    return result

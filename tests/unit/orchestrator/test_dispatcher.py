@@ -10,7 +10,16 @@ import pytest
 
 from parm.backend.orchestrator import AnswerSource, CodedDispatcher, ParityPolicy
 
-from .helpers import FailingTarget, LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query
+from .helpers import (
+    FailingTarget,
+    LinearF,
+    SubtractionDecoder,
+    SumEncoder,
+    linear_f,
+    make_config,
+    query,
+    run_checked,
+)
 
 
 @pytest.fixture(autouse=True, params=["code models", "inline code"])
@@ -74,7 +83,7 @@ class Harness:
 
 
 def run(coroutine):
-    return asyncio.run(coroutine)
+    return run_checked(coroutine)
 
 
 def test_answers_are_f_own_outputs_when_nothing_is_slow():

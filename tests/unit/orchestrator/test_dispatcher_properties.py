@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from parm.backend.orchestrator import AnswerSource, CodedDispatcher
 
-from .helpers import LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query
+from .helpers import LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query, run_checked
 
 BEHAVIOURS = ("fast", "slow", "paused", "failed")
 
@@ -28,7 +28,7 @@ request_strategy = st.tuples(
     decode_after_ms=st.sampled_from([0.0, 3.0]),
 )
 def test_every_request_gets_exactly_one_correct_answer(requests, k, decode_after_ms):
-    asyncio.run(_scenario(requests, k, decode_after_ms))
+    run_checked(_scenario(requests, k, decode_after_ms))
 
 
 async def _scenario(requests, k, decode_after_ms):
