@@ -68,7 +68,7 @@ from .scenarios import FaultKind, FaultRunner, Scenario, kill_scenario, no_fault
 
 logger = logging.getLogger(__name__)
 
-SCHEME_NAMES = ("none", "equal", "hedged", "parm")
+SCHEME_NAMES = ("none", "equal", "hedged", "parm", "relay")
 PROFILE_RATE = 250
 """py-spy samples per second."""
 SCENARIO_NAMES = ("no-fault", "pause", "starve", "kill")
@@ -79,6 +79,7 @@ class SchemeKind(Enum):
     EQUAL = "equal"
     HEDGED = "hedged"
     PARM = "parm"
+    RELAY = "relay"
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ class Scheme:
 
 
 def resolve_schemes(repo: BenchRepository, names: Sequence[str]) -> list[Scheme]:
-    """Scheme names ("none", "equal", "hedged", "parm" = every k built, or "parm-k3") -> schemes, equal first."""
+    """Scheme names ("none", "equal", "hedged", "parm" = every k built, or "parm-k3"; "relay", the Python-backend
+    floor) -> schemes, equal first."""
     schemes: list[Scheme] = []
     for name in names:
         if name == "none":
@@ -104,6 +106,11 @@ def resolve_schemes(repo: BenchRepository, names: Sequence[str]) -> list[Scheme]
         elif name in ("equal", "hedged"):
             kind = SchemeKind(name)
             schemes.append(Scheme(name, kind, repo.equal_model, repo.equal_model, repo.total_instances))
+        elif name == "relay":
+            if repo.relay_model is None:
+                raise ConfigError("scheme relay: the repository has no relay model (rebuild it)")
+            f2 = repo.f_models[min(repo.f_models)]
+            schemes.append(Scheme(name, SchemeKind.RELAY, repo.relay_model, f2, repo.f_instances))
         elif name == "parm-eager":
             if repo.coded_eager is None:
                 raise ConfigError("scheme parm-eager: the repository has no eager coded model (rebuild it)")
@@ -125,7 +132,7 @@ def resolve_schemes(repo: BenchRepository, names: Sequence[str]) -> list[Scheme]
                 )
         else:
             raise ConfigError(f"unknown scheme {name!r}; known: {', '.join(SCHEME_NAMES)} (or parm-k<K>, parm-eager)")
-    order = {SchemeKind.EQUAL: 0, SchemeKind.HEDGED: 1, SchemeKind.NONE: 2, SchemeKind.PARM: 3}
+    order = {SchemeKind.EQUAL: 0, SchemeKind.HEDGED: 1, SchemeKind.NONE: 2, SchemeKind.RELAY: 3, SchemeKind.PARM: 4}
     unique = {s.name: s for s in schemes}
     return sorted(unique.values(), key=lambda s: (order[s.kind], s.k or 0, s.name))
 

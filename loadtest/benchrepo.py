@@ -10,6 +10,9 @@ export package's own training loops and exporters, and writes, next to the usual
 - ``deep_k3_coded`` etc. for each further k asked for (their own F and parity models, same instance counts);
 - ``deep_equal``: F alone with ``f_instances + parity_instances`` instances ("equal resources", also the target of
   hedged requests). F alone with fewer instances (no redundancy) is ``deep`` itself.
+- ``deep_coded_eager``: the k = 2 coded endpoint with ParM's eager parity policy, side by side with the default.
+- ``deep_relay``: a Python-backend model that only relays each request to ``deep`` over BLS (``relay_model.py``):
+  the floor of any orchestrator inside the Python backend.
 
 Everything lands under one folder (gitignored ``runs/bench/models`` by default) with a ``manifest.json`` that
 records the spec, the model names, F's measured inference time and the parity models' degraded-mode accuracy; a later
@@ -45,6 +48,10 @@ logger = logging.getLogger(__name__)
 F_NAME = "deep"
 EQUAL_SUFFIX = "_equal"
 EAGER_SUFFIX = "_eager"
+RELAY_SUFFIX = "_relay"
+RELAY_INSTANCES = 4
+"""Enough relay processes that requests never queue for one at the benchmark's rates."""
+RELAY_SOURCE = Path(__file__).with_name("relay_model.py")
 MAX_BATCH_SIZE = 32
 MANIFEST = "manifest.json"
 CODE = "sum"
@@ -112,6 +119,7 @@ class BenchRepository:
     f_inference_ms: float
     """F's median inference time, one query, one onnxruntime thread, measured at build time outside Triton."""
     coded_eager: str | None = None
+    relay_model: str | None = None
     """The first k's coded endpoint with ``parity_policy=eager`` (ParM's own policy), beside the default one."""
     manifest: dict[str, object] = field(default_factory=dict)
 
@@ -170,6 +178,7 @@ def load_bench_repository(root: Path) -> BenchRepository:
         parity_instances=manifest["spec"]["parity_instances"],
         f_inference_ms=manifest["f_inference_ms"],
         coded_eager=manifest.get("coded_eager"),
+        relay_model=manifest.get("relay_model"),
         manifest=manifest,
     )
 
@@ -213,6 +222,23 @@ def write_f_only_model(repository: Path, deployment: CodedDeployment, name: str,
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     shutil.copyfile(onnx, model_dir / "1" / "model.onnx")
+    return model_dir
+
+
+def write_relay_model(repository: Path, deployment: CodedDeployment, name: str) -> Path:
+    """A Python-backend model with F's signature that relays every request to F over BLS (``relay_model.py``)."""
+    config = model_configs(deployment)[deployment.names.f]
+    config.name = name
+    config.backend = "python"
+    kind = config.instance_group[0].kind
+    del config.instance_group[:]
+    config.instance_group.add(kind=kind, count=RELAY_INSTANCES)
+    config.parameters.clear()
+    config.parameters["f_model"].string_value = deployment.names.f
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    shutil.copyfile(RELAY_SOURCE, model_dir / "1" / "model.py")
     return model_dir
 
 
@@ -313,11 +339,13 @@ def write_bench_repository(root: Path, spec: BenchModelSpec) -> Path:
             write_f_only_model(repository, deployment, F_NAME + EQUAL_SUFFIX, total, onnx_dir / "f.onnx")
             coded_eager = deployment.names.coded + EAGER_SUFFIX
             write_coded_variant(repository, dataclasses.replace(deployment, parity_policy="eager"), coded_eager)
+            write_relay_model(repository, deployment, F_NAME + RELAY_SUFFIX)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest.update(
         equal_model=F_NAME + EQUAL_SUFFIX,
         coded=coded,
         coded_eager=coded_eager,
+        relay_model=F_NAME + RELAY_SUFFIX,
         f_models=f_models,
         input_name=DIGITS_INPUT,
         output_name=DIGITS_OUTPUT,

@@ -57,7 +57,13 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     bench.add_argument("--rate", type=float, default=40.0, help="offered load, requests/s (default 40)")
     bench.add_argument("--duration", type=float, default=30.0, help="seconds per cell (default 30)")
     bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each cell (default 2)")
-    bench.add_argument("--schemes", type=_names, default=("none", "equal", "hedged", "parm"), help="comma-separated")
+    bench.add_argument(
+        "--schemes",
+        type=_names,
+        default=("none", "equal", "hedged", "parm"),
+        help="comma-separated, from none, equal, hedged, parm (every k), parm-k<K>, parm-eager, and relay (a BLS "
+        "pass-through to F: the Python backend's own cost, reported next to the orchestrator's)",
+    )
     bench.add_argument(
         "--scenarios", type=_names, default=("no-fault", "pause", "starve", "kill"), help="comma-separated"
     )

@@ -195,7 +195,8 @@ class TargetCheck:
     name: str
     value: float
     target: str
-    met: bool
+    met: bool | None
+    """None for a reference measurement that has no target of its own."""
     detail: str
 
     def as_json(self) -> dict[str, Any]:
@@ -215,6 +216,7 @@ def check_targets(cells: Sequence[CellStats], parm: str = "parm-k2", equal: str 
         pause_p, pause_e = _find(cells, rate, "pause", parm), _find(cells, rate, "pause", equal)
         free_p, free_e = _find(cells, rate, "no-fault", parm), _find(cells, rate, "no-fault", equal)
         free_none = _find(cells, rate, "no-fault", "none")
+        free_relay = _find(cells, rate, "no-fault", "relay")
         if pause_p and pause_e:
             ratio = pause_e.gap / pause_p.gap if pause_p.gap > 0 else float("inf")
             checks.append(
@@ -262,6 +264,28 @@ def check_targets(cells: Sequence[CellStats], parm: str = "parm-k2", equal: str 
                     f"{parm} p50 {free_p.p50:.2f} ms, F direct (none) p50 {free_none.p50:.2f} ms",
                 )
             )
+        if free_relay and free_none:
+            checks.append(
+                TargetCheck(
+                    rate,
+                    "Python-backend floor: relay p50 over F direct, no fault",
+                    free_relay.p50 / free_none.p50,
+                    "reference",
+                    None,
+                    f"relay p50 {free_relay.p50:.2f} ms (a BLS pass-through to F), F direct p50 {free_none.p50:.2f} ms",
+                )
+            )
+        if free_relay and free_p:
+            checks.append(
+                TargetCheck(
+                    rate,
+                    "orchestrator p50 over the floor (relay), no fault",
+                    free_p.p50 / free_relay.p50,
+                    "reference",
+                    None,
+                    f"{parm} p50 {free_p.p50:.2f} ms, relay p50 {free_relay.p50:.2f} ms",
+                )
+            )
         if free_p and free_e:
             p50_ratio = free_p.p50 / free_e.p50
             checks.append(
@@ -294,6 +318,10 @@ def check_targets(cells: Sequence[CellStats], parm: str = "parm-k2", equal: str 
 # ---------------------------------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _met(met: bool | None) -> str:
+    return "-" if met is None else "yes" if met else "NO"
 
 
 def _ms(value: float | None) -> str:
@@ -348,8 +376,7 @@ def markdown_report(
     for check in checks:
         rate = "all" if not math.isfinite(check.rate) else f"{check.rate:g}"
         lines.append(
-            f"| {rate} | {check.name} | {check.value:.2f} | {check.target} | {'yes' if check.met else 'NO'} | "
-            f"{check.detail} |"
+            f"| {rate} | {check.name} | {check.value:.2f} | {check.target} | {_met(check.met)} | {check.detail} |"
         )
     cpu = cpu_table([c for c in cells if c.scenario == "no-fault"])
     if cpu:

@@ -89,12 +89,17 @@ def test_target_checks_compare_parm_with_equal_resources() -> None:
         stats("parm-k2", "no-fault", [5.2] * 997 + [18.0] * 3),
         stats("equal", "no-fault", [5.0] * 1000),
         stats("none", "no-fault", [5.0] * 1000),
+        stats("relay", "no-fault", [5.1] * 1000),
     ]
     checks = {c.name: c for c in check_targets(cells)}
     assert checks["tail gap cut under pauses"].met and checks["tail gap cut under pauses"].value > 20
     assert checks["p99.9 under pauses vs own fault-free p99.9"].met
     assert checks["p50 vs equal resources under pauses"].met
     assert checks["requests lost or answered twice (all cells)"].met
+    floor = checks["Python-backend floor: relay p50 over F direct, no fault"]
+    above_floor = checks["orchestrator p50 over the floor (relay), no fault"]
+    assert floor.met is None and floor.value == pytest.approx(5.1 / 5.0)
+    assert above_floor.met is None and above_floor.value == pytest.approx(5.2 / 5.1)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from .conftest import BENCH_SPEC
 
 pytestmark = pytest.mark.integration
 
-SCHEMES = ("none", "equal", "hedged", "parm", "parm-eager")
+SCHEMES = ("none", "equal", "hedged", "parm", "parm-eager", "relay")
 SCENARIOS = ("no-fault", "pause")
 SWEEP_SCENARIOS = ("starve", "kill")
 
@@ -56,7 +56,7 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     cells = summary["cells"]
-    schemes = {"none", "equal", "hedged", "parm-k2", "parm-eager"}
+    schemes = {"none", "equal", "hedged", "parm-k2", "parm-eager", "relay"}
     expected = {(20.0, scenario, scheme) for scenario in SCENARIOS for scheme in schemes}
     expected |= {(10.0, scenario, scheme) for scenario in SWEEP_SCENARIOS for scheme in ("equal", "parm-k2")}
     assert {(c["rate"], c["scenario"], c["scheme"]) for c in cells} == expected
@@ -97,7 +97,8 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
     assert faults.active_faults() == []
     for child in psutil.Process().children(recursive=True):
         assert child.status() != psutil.STATUS_STOPPED
-    assert summary["targets"], "the target checks are reported"
+    targets = {t["name"] for t in summary["targets"]}
+    assert "orchestrator p50 over the floor (relay), no fault" in targets, targets
     profile = summary["profile"]  # an extra unmeasured run: no measured cell is slowed by the profiler
     assert profile is not None and ("summary" in profile or "error" in profile), profile
     if "summary" in profile:
