@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from parm.backend.orchestrator import CRASH_LOG_MARKERS
 from parm.errors import ConfigError
 from parm.export.data import load_digits_splits
 from parm.export.repository import orchestrator_config, read_config
@@ -279,6 +280,14 @@ class SoakOutcome:
         return all(c.passed for c in self.checks)
 
 
+def orchestrator_crashes(log_path: Path | None) -> list[str]:
+    """Lines of the server's log saying something on an orchestrator's loop raised (``CRASH_LOG_MARKERS``)."""
+    if log_path is None or not log_path.is_file():
+        return []
+    lines = log_path.read_text(errors="replace").splitlines()
+    return [line.strip() for line in lines if any(marker in line for marker in CRASH_LOG_MARKERS)]
+
+
 def wrong_originals(result: RunResult, predictions: np.ndarray) -> int:
     """Answers computed by F (not rebuilt) whose class is not F's own for that query: a mixed-up answer."""
     return sum(1 for r in result.records if r.ok and not r.rebuilt and r.prediction != predictions[r.query])
@@ -293,6 +302,7 @@ def soak_checks(
     memory: Sequence[MemoryTrend],
     orchestrator: str,
     children: dict[str, int],
+    crashes: Sequence[str] = (),
 ) -> list[SoakCheck]:
     sent = stats.count
     checks = [
@@ -319,6 +329,11 @@ def soak_checks(
             f"{stats.errors} errors, {len(unexplained)} with no fault in flight",
         ),
         SoakCheck("every fault undone", stats.faults_undone, f"{stats.faults} faults applied"),
+        SoakCheck(
+            "no orchestrator crash logged",
+            not crashes,
+            f"{len(crashes)} lines in the server log" + "".join(f"; {line[:160]}" for line in crashes[:3]),
+        ),
     ]
     checks.append(
         SoakCheck(
@@ -433,6 +448,7 @@ class Soak:
                     undone = runner.all_undone()
             after = self._settled_counters(server)
             requests_after = server_request_count(server.grpc_url, self.coded)
+            crashes = orchestrator_crashes(server.log_path)
         server_requests = None
         if requests_before is not None and requests_after is not None:
             server_requests = requests_after - requests_before
@@ -460,6 +476,7 @@ class Soak:
             memory,
             self.coded,
             children,
+            crashes,
         )
         outcome = SoakOutcome(
             config,

@@ -49,6 +49,12 @@ from .tensors import all_finite, group_key
 
 logger = logging.getLogger(__name__)
 
+TASK_CRASHED = "orchestrator task crashed"
+CRASH_LOG_MARKERS = (TASK_CRASHED, "Exception in callback")
+"""What lands in the server's log when something on the orchestrator's loop raised: a crashed task (logged here) or
+a callback that raised (logged by asyncio). Requests around it may still have been answered, so tests and the soak
+look for these."""
+
 
 class Target(Protocol):
     """A model the orchestrator calls: a Triton model over BLS in production, anything async in tests.
@@ -460,7 +466,7 @@ class CodedDispatcher:
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("orchestrator task crashed", exc_info=task.exception())
+            logger.error(TASK_CRASHED, exc_info=task.exception())
 
 
 def _reply_safely(request_id: int, reply: Callable[[Answer], None], answer: Answer) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from parm.loadtest.benchrepo import BenchModelSpec, ensure_bench_repository
+from parm.loadtest.soak import orchestrator_crashes
 from parm.server import TritonServer
 
 LINEAR_IN = 4
@@ -85,10 +86,6 @@ def onnxruntime_reference(onnx_file: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": x})[0]
 
 
-ORCHESTRATOR_CRASH_MARKERS = ("orchestrator task crashed", "Exception in callback")
-"""What asyncio and the dispatcher log when something on the orchestrator's loop raised."""
-
-
 class ServerPool:
     """Starts servers with logs under pytest's tmp dirs and stops them all (by PID, with their stubs) at teardown."""
 
@@ -114,13 +111,7 @@ class ServerPool:
         event loop or a crashed task is only logged there, and the requests around it may still have been answered."""
         for server in reversed(self._all):
             server.stop()
-        crashes = [
-            f"{server.log_path}: {line.strip()}"
-            for server in self._all
-            if server.log_path is not None and server.log_path.is_file()
-            for line in server.log_path.read_text(errors="replace").splitlines()
-            if any(marker in line for marker in ORCHESTRATOR_CRASH_MARKERS)
-        ]
+        crashes = [f"{s.log_path}: {line}" for s in self._all for line in orchestrator_crashes(s.log_path)]
         assert not crashes, "orchestrator crashes in the server log:\n" + "\n".join(crashes)
 
 

@@ -3,6 +3,8 @@ and the Prometheus text parser it cross-checks the endpoint's counters with."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from parm.loadtest.soak import (
     SoakConfig,
     fault_windows,
     memory_trends,
+    orchestrator_crashes,
     soak_checks,
     unexplained_errors,
     window_stats,
@@ -121,6 +124,10 @@ def test_soak_checks_fail_on_a_lost_request_and_on_a_miscount() -> None:
     children = {"first": 9, "last": 9, "max": 10}
     good = soak_checks(config, stats, {"requests": 10, "answers": 10}, 0, [], [], "deep_coded", children)
     assert [c.name for c in good if not c.passed] == ["orchestrator memory bounded"]  # no memory samples at all
+    crashed = soak_checks(
+        config, stats, {"requests": 10, "answers": 10}, 0, [], [], "deep_coded", children, ["Exception in callback"]
+    )
+    assert "no orchestrator crash logged" in {c.name for c in crashed if not c.passed}
     records[3].answers = 0
     records[3].ok = False
     stats = cell_stats(_run(records), scenario="soak", scheme="parm-k2", instances=3, server_requests=11)
@@ -134,6 +141,21 @@ def test_soak_checks_fail_on_a_lost_request_and_on_a_miscount() -> None:
         "endpoint counters agree",
         "restarts leave no process behind",
     } <= bad
+
+
+def test_orchestrator_crashes_are_found_in_the_server_log(tmp_path: Path) -> None:
+    log = tmp_path / "tritonserver.log"
+    log.write_text(
+        "I1129 model loaded\n"
+        "E1129 deep_coded_0_0: orchestrator task crashed\n"
+        "Exception in callback CodedDispatcher._close(<CodingGroup>)\n"
+        "W1129 parity path failed, no parity for 5.0 s\n"
+    )
+    assert orchestrator_crashes(log) == [
+        "E1129 deep_coded_0_0: orchestrator task crashed",
+        "Exception in callback CodedDispatcher._close(<CodingGroup>)",
+    ]
+    assert orchestrator_crashes(tmp_path / "missing.log") == [] and orchestrator_crashes(None) == []
 
 
 def test_prometheus_text_is_parsed_and_summed_by_labels() -> None:

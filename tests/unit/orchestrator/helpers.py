@@ -24,6 +24,7 @@ from parm.backend.orchestrator.contract import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
 )
+from parm.backend.orchestrator.dispatcher import TASK_CRASHED
 
 T = TypeVar("T")
 
@@ -133,7 +134,7 @@ def run_checked(coroutine: Coroutine[Any, Any, T]) -> T:
 
     class Record(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage() == "orchestrator task crashed":
+            if record.getMessage() == TASK_CRASHED:
                 errors.append(self.format(record))
 
     async def main() -> T:

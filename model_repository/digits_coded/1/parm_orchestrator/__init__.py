@@ -5,13 +5,14 @@ Copied into each coded model's version folder by the repository writer, so a mod
 """
 
 from .config import RELOAD_PARAMETER, OrchestratorConfig, ParityPolicy, Scheme
-from .dispatcher import CodedDispatcher, Target
+from .dispatcher import CRASH_LOG_MARKERS, CodedDispatcher, Target
 from .errors import ConfigError, InvalidQueryError, OrchestratorError, TargetError
 from .groups import Answer, AnswerSource
 from .stats import DispatcherStats
 from .tensors import TensorSpec, validate_query
 
 __all__ = [
+    "CRASH_LOG_MARKERS",
     "RELOAD_PARAMETER",
     "Answer",
     "AnswerSource",
