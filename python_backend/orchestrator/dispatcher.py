@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -116,7 +116,8 @@ class CodedDispatcher:
 
     @property
     def in_flight(self) -> int:
-        """Requests accepted and not yet answered."""
+        """Requests accepted and not yet settled: an answer sent from a worker thread is settled on the loop's next
+        turn, so this may trail the answers by a moment."""
         return len(self._pending)
 
     @property
@@ -197,7 +198,7 @@ class CodedDispatcher:
         key = group_key(member.inputs)
         group = self._open.get(key)
         if group is None:
-            group = CodingGroup(key=key, k=self._config.k, r=self._config.r)
+            group = CodingGroup(key=key, k=self._config.k, r=self._config.r, weights=self._code_weights)
             self._open[key] = group
             self._loop.call_later(self.fill_timeout, self._close, group)
         slot = group.add(member.inputs, member)
@@ -326,27 +327,40 @@ class CodedDispatcher:
             self._try_decode(group)
 
     async def _run_parity(self, group: CodingGroup) -> None:
+        """Encodes the group and runs its r parity models side by side; each output may start a decode on arrival."""
         started = time.perf_counter()
         try:
-            parity_queries = await self._encode(group)
+            try:
+                parity_queries = await self._encode(group)
+            except TargetError as error:
+                self._parity_failed(group, range(group.r), error)
+                return
             self.stats.encode_seconds.append(time.perf_counter() - started)
-            outputs = await asyncio.gather(
+            await asyncio.gather(
                 *(
-                    target.infer({name: q[j] for name, q in parity_queries.items()}, self._config.output_names)
+                    self._run_one_parity(group, j, target, {name: q[j] for name, q in parity_queries.items()})
                     for j, target in enumerate(self._parity_targets)
                 )
             )
-        except TargetError as error:
-            self.stats.parity_failures += 1
-            group.parity_failure = str(error)
-            self._open_parity_breaker(error)
-            self._fail_unrecoverable(group)
-            return
         finally:
             self._parity_in_flight -= 1
+
+    async def _run_one_parity(self, group: CodingGroup, index: int, target: Target, query: Tensors) -> None:
+        try:
+            outputs = await target.infer(query, self._config.output_names)
+        except TargetError as error:
+            self._parity_failed(group, [index], error)
+            return
         self._parity_failures_in_row = 0
-        group.parity_outputs = list(outputs)
+        group.parity_outputs[index] = outputs
         self._try_decode(group)
+
+    def _parity_failed(self, group: CodingGroup, indices: Iterable[int], error: TargetError) -> None:
+        self.stats.parity_failures += 1
+        for index in indices:
+            group.parity_errors[index] = str(error)
+        self._open_parity_breaker(error)
+        self._fail_unrecoverable(group)
 
     async def _encode(self, group: CodingGroup) -> Tensors:
         """Each input of the group's k slots -> its r parity queries [r, B, *q]: in process for a linear code,
@@ -364,10 +378,11 @@ class CodedDispatcher:
         names = self._config.output_names
         if self._code_weights is not None:
             decoded = {}
+            rows = group.arrived_parities()  # a subset of the r parities may do (``CodingGroup.can_decode``)
             for name in names:
-                parity = np.stack([outputs[name] for outputs in group.parity_outputs if outputs is not None])
+                parity = np.stack([group.parity_outputs[j][name] for j in rows])
                 arrived = [None if slot.outputs is None else slot.outputs[name] for slot in group.slots]
-                rebuilt = linear.decode(self._code_weights, parity, arrived)
+                rebuilt = linear.decode(self._code_weights[rows], parity, arrived)
                 template = np.zeros_like(parity[0])
                 decoded[name] = np.stack([rebuilt.get(i, template) for i in range(len(group.slots))])
             return decoded

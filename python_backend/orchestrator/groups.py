@@ -13,6 +13,8 @@ from enum import Enum
 
 import numpy as np
 
+from . import linear
+
 Tensors = dict[str, np.ndarray]
 
 
@@ -90,9 +92,13 @@ class CodingGroup:
     key: tuple
     k: int
     r: int
+    weights: np.ndarray | None = None
+    """The linear code's [r, k] weights when decoding runs in process: then the parities arrived so far suffice
+    whenever they solve the erased slots. None: the decoder model needs all r."""
     slots: list[Slot] = field(default_factory=list)
     parity_outputs: list[Tensors | None] = field(default_factory=list)
-    parity_failure: str | None = None
+    parity_errors: dict[int, str] = field(default_factory=dict)
+    """Failed parity computations: parity index -> error."""
     no_parity_reason: str | None = None
     parity_sent: bool = False
     parity_pending: bool = False
@@ -118,27 +124,38 @@ class CodingGroup:
         self.slots.append(slot)
         return slot
 
-    @property
-    def parity_ready(self) -> bool:
-        return all(out is not None for out in self.parity_outputs)
+    def arrived_parities(self) -> list[int]:
+        return [j for j, out in enumerate(self.parity_outputs) if out is not None]
 
     def erased(self) -> list[Slot]:
         """Slots whose F output is not (yet) here: late or failed."""
         return [slot for slot in self.slots if slot.outputs is None]
 
     def can_decode(self) -> bool:
-        """The code rebuilds up to r missing outputs once every parity output has arrived."""
-        return self.closed and self.parity_ready and 1 <= len(self.erased()) <= self.r
+        """Missing outputs (at most r) can be rebuilt now: from every parity output (decoder model), or from the
+        parity outputs arrived so far when they solve the erased slots (linear code decoded in process)."""
+        erased = [slot.index for slot in self.erased()]
+        if not self.closed or not 1 <= len(erased) <= self.r:
+            return False
+        if self.weights is None:
+            return len(self.arrived_parities()) == self.r
+        return linear.solvable(self.weights, self.arrived_parities(), erased)
 
     def unrecoverable_reason(self) -> str | None:
         """Why this group can never rebuild a missing answer, or None while it still might."""
         if self.closed and not self.parity_sent and not self.parity_pending:
             return f"its coding group was closed without a parity ({self.no_parity_reason})"
-        if self.parity_failure is not None:
-            return f"the parity computation failed ({self.parity_failure})"
-        failed = sum(slot.failure is not None for slot in self.slots)
-        if failed > self.r:
-            return f"{failed} members of its coding group failed and the code rebuilds at most {self.r}"
+        if self.parity_errors and (self.weights is None or len(self.parity_errors) == self.r):
+            return f"the parity computation failed ({next(iter(self.parity_errors.values()))})"
+        failed = [slot.index for slot in self.slots if slot.failure is not None]
+        if self.weights is None:
+            rebuildable = len(failed) <= self.r
+        else:
+            usable = [j for j in range(self.r) if j not in self.parity_errors]
+            rebuildable = linear.solvable(self.weights, usable, failed)
+        if not rebuildable:
+            lost = f", {len(self.parity_errors)} of its {self.r} parities failed" if self.parity_errors else ""
+            return f"{len(failed)} members of its coding group failed{lost}, and the code rebuilds at most {self.r}"
         return None
 
 

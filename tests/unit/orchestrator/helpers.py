@@ -64,6 +64,8 @@ class LinearF:
         self.delay = delay
         self.hold: dict[float, asyncio.Event] = {}
         self.fail: set[float] = set()
+        self.paused: asyncio.Event | None = None
+        """When set to an Event, every call waits for it (the whole instance is paused)."""
         self.calls = 0
 
     async def infer(
@@ -74,6 +76,8 @@ class LinearF:
         marker = round(float(x.reshape(-1)[0]), 6)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.paused is not None:
+            await self.paused.wait()
         if marker in self.hold:
             await self.hold[marker].wait()
         if marker in self.fail:

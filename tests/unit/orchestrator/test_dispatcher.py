@@ -36,9 +36,11 @@ class Harness:
 
     inline = False
 
-    def __init__(self, f=None, parity=None, decoder=None, **config) -> None:
+    def __init__(self, f=None, parity=None, decoder=None, parities=None, **config) -> None:
         self.f = f or LinearF()
         self.parity = parity or LinearF("f_parity")
+        self.parities = parities or [self.parity]
+        config.setdefault("parity_models", tuple(target.name for target in self.parities))
         self.encoder = encoder = SumEncoder()
         if self.inline:
             config.setdefault("code_weights", ((1.0,) * config.get("k", 2),))
@@ -47,7 +49,7 @@ class Harness:
         self.decoder = decoder or SubtractionDecoder()
         self.config = make_config(**config)
         self.dispatcher = CodedDispatcher(
-            self.config, [self.f], [self.parity], encoder, self.decoder, asyncio.get_running_loop()
+            self.config, [self.f], self.parities, encoder, self.decoder, asyncio.get_running_loop()
         )
         self.replies: dict[int, list] = {}
         self.queries: dict[int, dict] = {}
@@ -307,7 +309,7 @@ def test_close_answers_everything_in_flight_and_refuses_new_work():
 
 def test_a_reply_callback_that_raises_does_not_break_the_group():
     async def scenario():
-        h = Harness()
+        h = Harness(decode_after_ms=50.0)  # F's answer, not a parity racing it, is what the partner must get
         h.dispatcher.submit(query(0.1), lambda answer: 1 / 0)
         other = h.submit(0.2)
         assert (await h.answer(other)).source is AnswerSource.ORIGINAL
@@ -334,7 +336,7 @@ def test_members_of_a_group_go_to_distinct_f_targets_when_there_are_enough(targe
 
 def test_beyond_max_in_flight_requests_are_shed_with_a_clear_error_and_others_still_served():
     async def scenario():
-        h = Harness(max_in_flight=3, request_timeout_ms=2000.0)
+        h = Harness(max_in_flight=3, request_timeout_ms=2000.0, decode_after_ms=50.0)  # F answers, not a parity
         gates = {m: asyncio.Event() for m in (0.1, 0.2, 0.3)}
         h.f.hold.update(gates)
         held = [h.submit(m) for m in (0.1, 0.2, 0.3)]
@@ -346,6 +348,7 @@ def test_beyond_max_in_flight_requests_are_shed_with_a_clear_error_and_others_st
             gate.set()
         for request in held:
             assert (await h.answer(request)).source is AnswerSource.ORIGINAL
+        await h.settle()  # the loop settles an answer sent from a worker thread on its next turn
         assert (await h.answer(h.submit(0.5))).source is AnswerSource.ORIGINAL
         assert h.dispatcher.stats.shed_requests == 1
         h.assert_exactly_once()
@@ -365,6 +368,7 @@ def test_stats_count_groups_members_and_timings():
         encode, decode = stats.drain_timings()
         assert len(encode) == 1 and len(decode) == 1
         assert stats.drain_timings() == ([], [])
+        await h.settle()
         assert h.dispatcher.in_flight_groups == 0
         h.f.hold[0.3] = asyncio.Event()
         h.f.hold[0.4] = asyncio.Event()
@@ -375,9 +379,67 @@ def test_stats_count_groups_members_and_timings():
         h.f.hold[0.4].set()
         for request in waiting:
             await h.answer(request)
+        await h.settle()
         assert h.dispatcher.in_flight_groups == 0
 
     run(scenario())
+
+
+TWO_PARITIES = ((1.0, 1.0, 1.0), (1.0, 2.0, 3.0))
+"""k = 3, r = 2: any two of the three members, or one member from either parity alone."""
+
+
+def test_with_two_parities_one_that_never_answers_does_not_hold_back_a_rebuild():
+    if not Harness.inline:
+        pytest.skip("the decoder model takes all r parity outputs; only the in-process code decodes from fewer")
+
+    async def scenario():
+        stuck = LinearF("f_parity0")
+        stuck.paused = asyncio.Event()
+        h = Harness(parities=[stuck, LinearF("f_parity1")], k=3, code_weights=TWO_PARITIES, decode_after_ms=20.0)
+        h.f.hold[0.7] = asyncio.Event()
+        requests = [h.submit(marker) for marker in (0.5, 0.6, 0.7)]
+        answer = await h.answer(requests[2])
+        assert answer.source is AnswerSource.REBUILT
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[2]["x"]), rtol=1e-4, atol=1e-4)
+        for request in requests[:2]:
+            assert (await h.answer(request)).source is AnswerSource.ORIGINAL
+        stuck.paused.set()
+        h.f.hold[0.7].set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run(scenario())
+
+
+def test_with_two_parities_a_failed_one_leaves_the_other_to_rebuild_and_three_failures_are_reported():
+    if not Harness.inline:
+        pytest.skip("the decoder model takes all r parity outputs; only the in-process code decodes from fewer")
+
+    async def scenario():
+        h = Harness(parities=[FailingTarget("f_parity0"), LinearF("f_parity1")], k=3, code_weights=TWO_PARITIES)
+        h.f.fail.add(0.7)
+        requests = [h.submit(marker) for marker in (0.5, 0.6, 0.7)]
+        answer = await h.answer(requests[2])
+        assert answer.source is AnswerSource.REBUILT
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[2]["x"]), rtol=1e-4, atol=1e-4)
+        await h.settle()
+        h.assert_exactly_once()
+        assert h.dispatcher.stats.parity_failures == 1
+
+    async def two_failed_members_and_one_parity():
+        h = Harness(parities=[LinearF("f_parity0"), FailingTarget("f_parity1")], k=3, code_weights=TWO_PARITIES)
+        h.f.fail.update({0.6, 0.7})
+        requests = [h.submit(marker) for marker in (0.5, 0.6, 0.7)]
+        for request in requests[1:]:
+            answer = await h.answer(request)
+            assert answer.source is AnswerSource.ERROR
+            assert "2 members of its coding group failed, 1 of its 2 parities failed" in answer.error
+        await h.settle()
+        h.assert_exactly_once()
+
+    run(scenario())
+    run(two_failed_members_and_one_parity())
 
 
 def test_a_failed_parity_model_is_left_alone_for_its_cooldown():
@@ -457,6 +519,7 @@ def test_a_member_that_is_not_slow_keeps_f_answer_while_a_stuck_one_is_rebuilt()
             for request in pair:
                 await h.answer(request)
         assert 0.03 <= h.dispatcher.decode_after < 0.1
+        await h.settle()
         learned = h.dispatcher.stats.answers[AnswerSource.ORIGINAL]
         gate = f.hold[0.9] = asyncio.Event()
         healthy, stuck = h.submit(0.8), h.submit(0.9)

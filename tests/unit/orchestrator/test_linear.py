@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parm.backend.orchestrator import ConfigError
-from parm.backend.orchestrator.linear import decode, encode, parse_weights
+from parm.backend.orchestrator.linear import decode, encode, parse_weights, solvable
 from parm.export.codes import SubtractionDecoder, SumEncoder
 from parm.export.linear_codes import LinearEncoder, LinearSystemDecoder, chebyshev_weights
 
@@ -60,8 +60,34 @@ def test_sum_code_is_parm_subtraction() -> None:
 
 
 def test_more_erasures_than_parities_are_refused() -> None:
-    with pytest.raises(ValueError, match="2 erased slots, but the code has only 1 parities"):
+    with pytest.raises(ValueError, match=r"1 parities cannot rebuild the erased slots \[0, 1\]"):
         decode(np.ones((1, 3)), np.zeros((1, 1, 2), np.float32), [None, None, np.zeros((1, 2), np.float32)])
+
+
+def test_solvable_asks_whether_the_given_parities_determine_the_erased_slots() -> None:
+    weights = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert solvable(weights, [0], [0]) and solvable(weights, [0, 1], [0, 2]) and solvable(weights, [], [])
+    assert not solvable(weights, [1], [0])  # the second parity does not see slot 0
+    assert not solvable(weights, [0, 1], [0, 1])  # slots 0 and 1 only ever appear summed
+    assert not solvable(weights, [0], [0, 2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(coded_groups(), st.data())
+def test_any_subset_of_parities_that_solves_the_erasures_rebuilds_them_exactly(case, data) -> None:
+    k, r, batch, erased, rng = case
+    weights = chebyshev_weights(k, r).astype(np.float64)
+    rows = sorted(data.draw(st.lists(st.integers(0, r - 1), min_size=1, max_size=r, unique=True)))
+    outputs = rng.normal(size=(k, batch, 4)).astype(np.float32)
+    parity = np.tensordot(weights[rows], outputs, axes=1).astype(np.float32)
+    arrived = [None if i in erased else outputs[i] for i in range(k)]
+    if not solvable(weights, rows, erased):
+        with pytest.raises(ValueError, match="cannot rebuild"):
+            decode(weights[rows], parity, arrived)
+        return
+    rebuilt = decode(weights[rows], parity, arrived)
+    for i in erased:
+        np.testing.assert_allclose(rebuilt[i], outputs[i], rtol=1e-3, atol=1e-3)
 
 
 def test_weights_parse_row_by_row() -> None:
