@@ -3,7 +3,8 @@
 A default-mode (not decoupled) Python model that answers each request later through its response sender and
 returns None from ``execute``: one instance then keeps many requests in flight, and plain HTTP and gRPC clients
 work unchanged. The orchestrator core runs on an asyncio loop in a thread of this instance; downstream models are
-called with BLS ``async_exec`` from that loop. The core is copied beside this file as ``parm_orchestrator``.
+called with blocking BLS ``exec`` calls on that loop's executor threads (what ``async_exec`` does), and F's answers
+are sent from those threads. The core is copied beside this file as ``parm_orchestrator``.
 """
 
 import asyncio
