@@ -114,3 +114,28 @@ def test_a_paused_f_instance_is_rebuilt_around_by_the_chosen_code(server, querie
             assert np.isfinite(answer).all()  # an untrained learned code: served, flagged, not exact
         else:
             np.testing.assert_allclose(answer, truth, atol=1e-4, rtol=1e-4)
+
+
+def test_with_r_2_one_paused_parity_model_does_not_hold_back_a_rebuild(server, queries):
+    """Decoding from a subset of the parities, on the real server: F instance 0 and the second parity model are
+    paused together, and every request is still answered while both are paused, exactly. The first parity (the
+    plain sum) alone rebuilds any one missing answer."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    f_pid = faults.find_instance_pids(server.pid, "linr2")["linr2_0_0"]
+    parity_pids = list(faults.find_instance_pids(server.pid, "linr2_parity_1").values())
+    assert parity_pids, "the second parity model has an instance"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        pauses = [faults.pause(pid, max_seconds=0.8) for pid in (f_pid, *parity_pids)]
+        try:
+            futures = [pool.submit(_infer, client, "linr2_coded", x) for x in queries]
+            results = [future.result(timeout=30) for future in futures]
+            answered_while_paused = all(pause.active for pause in pauses)
+        finally:
+            for pause in pauses:
+                pause.undo()
+    assert answered_while_paused, "a request waited for a paused instance to resume"
+    time.sleep(0.2)
+    flags = [bool(r.as_numpy(RECONSTRUCTED_OUTPUT).all()) for r in results]
+    assert any(flags), "the paused F instance held a request: it must have been rebuilt and flagged"
+    for result, x in zip(results, queries, strict=True):
+        np.testing.assert_allclose(result.as_numpy("logits"), _infer(client, "linr2", x).as_numpy("logits"), atol=1e-4)
