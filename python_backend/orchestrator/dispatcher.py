@@ -151,7 +151,7 @@ class CodedDispatcher:
         answer on the thread where the F target handed it over (so ``reply`` must be thread-safe)."""
         request_id = next(self._ids)
         member = Member(
-            request_id, inputs, self._loop.time(), partial(_reply_safely, request_id, reply), self.decode_after
+            request_id, inputs, self._loop.time(), partial(self._send_answer, request_id, reply), self.decode_after
         )
         self.stats.requests += 1
         if self._closed:
@@ -321,7 +321,7 @@ class CodedDispatcher:
         if member.source is AnswerSource.REBUILT and member.rebuilt is not None:
             self.stats.record_fidelity(member.rebuilt, outputs)
         if answered_early or member.answer(Answer(AnswerSource.ORIGINAL, outputs)):
-            self._settle(member, AnswerSource.ORIGINAL)
+            self._settle(member)
         self._fillers.add(slot.inputs, outputs)
         if group is not None:
             self._try_decode(group)
@@ -462,16 +462,24 @@ class CodedDispatcher:
         since the caller looked); returns whether this was its answer."""
         if not member.answer(answer):
             return False
-        self._settle(member, answer.source)
+        self._settle(member)
         return True
 
-    def _settle(self, member: Member, source: AnswerSource) -> None:
+    def _settle(self, member: Member) -> None:
         """The loop's bookkeeping once ``member`` was answered (on whichever thread): called once per member."""
         self._pending.pop(member.request_id, None)
         self._groups_of.pop(member.request_id, None)
         for timer in self._timers.pop(member.request_id, []):
             timer.cancel()
-        self.stats.answers[source] += 1
+
+    def _send_answer(self, request_id: int, reply: Callable[[Answer], None], answer: Answer) -> None:
+        """Counts and sends the one answer of a request, on whichever thread won it. A failing reply callback is
+        logged: it must not break the orchestrator's bookkeeping."""
+        self.stats.count_answer(answer.source)
+        try:
+            reply(answer)
+        except Exception:
+            logger.exception("sending the answer of request %d failed", request_id)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coroutine)
@@ -482,11 +490,3 @@ class CodedDispatcher:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error(TASK_CRASHED, exc_info=task.exception())
-
-
-def _reply_safely(request_id: int, reply: Callable[[Answer], None], answer: Answer) -> None:
-    """A failing reply callback is logged; it must not break the orchestrator's bookkeeping."""
-    try:
-        reply(answer)
-    except Exception:
-        logger.exception("sending the answer of request %d failed", request_id)

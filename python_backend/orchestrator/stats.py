@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +12,8 @@ from .groups import AnswerSource, Tensors
 
 @dataclass
 class DispatcherStats:
-    """Plain counters; the orchestrator runs on one event-loop thread, so no locking is needed."""
+    """Plain counters, written on the orchestrator's event-loop thread, except ``answers``: each answer is counted
+    where it is sent (F's on a worker thread), under a lock, so an answer a client holds is always counted."""
 
     requests: int = 0
     shed_requests: int = 0
@@ -32,6 +34,11 @@ class DispatcherStats:
     fidelity_relative_error_sum: float = 0.0
     encode_seconds: list[float] = field(default_factory=list)
     decode_seconds: list[float] = field(default_factory=list)
+    _answers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_answer(self, source: AnswerSource) -> None:
+        with self._answers_lock:
+            self.answers[source] += 1
 
     def drain_timings(self) -> tuple[list[float], list[float]]:
         """Encode and decode durations recorded since the last call (the metrics exporter observes them)."""
