@@ -442,6 +442,27 @@ def test_with_two_parities_a_failed_one_leaves_the_other_to_rebuild_and_three_fa
     run(two_failed_members_and_one_parity())
 
 
+def test_with_two_parities_a_dead_one_is_left_alone_while_the_other_keeps_rebuilding():
+    if not Harness.inline:
+        pytest.skip("the decoder model takes all r parity outputs; only the in-process code decodes from fewer")
+
+    async def scenario():
+        dead = FailingTarget("f_parity0")
+        h = Harness(parities=[dead, LinearF("f_parity1")], k=3, code_weights=TWO_PARITIES, parity_cooldown_ms=5000.0)
+        for group, failed in enumerate((0.3, 0.6)):
+            h.f.fail.add(failed)
+            markers = [round(0.1 + 0.3 * group + 0.1 * i, 6) for i in range(3)]
+            requests = [h.submit(marker) for marker in markers]
+            rebuilt = await h.answer(requests[markers.index(failed)])
+            assert rebuilt.source is AnswerSource.REBUILT, rebuilt.error
+            await h.settle()
+        assert dead.calls == 1, "the dead parity model is not called again during its cooldown"
+        assert h.dispatcher.stats.parity_failures == 1
+        h.assert_exactly_once()
+
+    run(scenario())
+
+
 def test_a_failed_parity_model_is_left_alone_for_its_cooldown():
     async def scenario():
         parity = LinearF("f_parity")
@@ -598,7 +619,7 @@ def test_the_parity_cooldown_doubles_while_failures_repeat_and_resets_after_a_su
     async def scenario():
         parity = LinearF("f_parity")
         h = Harness(parity=parity, parity_cooldown_ms=100.0, parity_policy=ParityPolicy.EAGER)
-        breaker = h.dispatcher
+        breaker = h.dispatcher._breakers[0]
         loop = asyncio.get_running_loop()
         parity.fail.update({round(0.1 + 0.2, 6), round(0.3 + 0.4, 6)})
         for pair in ((0.1, 0.2), (0.3, 0.4)):
@@ -606,7 +627,7 @@ def test_the_parity_cooldown_doubles_while_failures_repeat_and_resets_after_a_su
             for request in (h.submit(pair[0]), h.submit(pair[1])):
                 await h.answer(request)
             await h.settle(0.01)
-            cooldown = breaker._parity_down_until - opened
+            cooldown = breaker.down_until - opened
             await asyncio.sleep(cooldown + 0.01)
             if pair == (0.1, 0.2):
                 assert 0.1 <= cooldown < 0.15
@@ -615,6 +636,6 @@ def test_the_parity_cooldown_doubles_while_failures_repeat_and_resets_after_a_su
         for request in (h.submit(0.5), h.submit(0.6)):
             await h.answer(request)
         await h.settle(0.02)
-        assert breaker._parity_failures_in_row == 0 and breaker.stats.parity_failures == 2
+        assert breaker.failures_in_row == 0 and h.dispatcher.stats.parity_failures == 2
 
     run(scenario())

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import linear
+from .breaker import Breaker
 from .config import OrchestratorConfig, ParityPolicy
 from .contract import (
     DECODER_AVAILABLE_INPUT,
@@ -107,8 +108,7 @@ class CodedDispatcher:
         self._ids = itertools.count()
         self._closed = False
         self._parity_in_flight = 0
-        self._parity_down_until = float("-inf")
-        self._parity_failures_in_row = 0
+        self._breakers = [Breaker(config.parity_cooldown_ms / 1000) for _ in self._parity_targets]
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
         self._code_weights = np.array(config.code_weights, dtype=np.float64) if config.code_weights else None
@@ -268,25 +268,12 @@ class CodedDispatcher:
         self.stats.groups_unprotected += 1
         self._fail_unrecoverable(group)
 
-    def _open_parity_breaker(self, error: TargetError) -> None:
-        """Stops sending parities for a while after a failure, doubling the pause while failures repeat.
-
-        A call to a dead instance can take the backend about a second to fail, and holds other calls meanwhile:
-        probing a dead parity model often would cost F's own answers.
-        """
-        if self._loop.time() < self._parity_down_until:
-            return
-        self._parity_failures_in_row += 1
-        cooldown = self._config.parity_cooldown_ms * 2 ** min(self._parity_failures_in_row - 1, 5) / 1000
-        self._parity_down_until = self._loop.time() + cooldown
-        logger.warning("parity path failed, no parity for %.1f s: %s", cooldown, error)
-
     def _no_parity_reason(self) -> str | None:
-        """Why a group's parity cannot be sent now, or None when it can."""
-        if self._loop.time() < self._parity_down_until:
-            return (
-                f"a parity model failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
-            )
+        """Why a group's parity cannot be sent now, or None when it can (some parity model is not in its cooldown)."""
+        now = self._loop.time()
+        if all(breaker.is_open(now) for breaker in self._breakers):
+            which = "a parity model" if len(self._breakers) == 1 else f"all {len(self._breakers)} parity models"
+            return f"{which} failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
         if self._parity_in_flight >= self._config.max_parity_in_flight:
             return f"max_parity_in_flight={self._config.max_parity_in_flight} parity computations already running"
         return None
@@ -336,14 +323,23 @@ class CodedDispatcher:
                 self._parity_failed(group, range(group.r), error)
                 return
             self.stats.encode_seconds.append(time.perf_counter() - started)
-            await asyncio.gather(
-                *(
-                    self._run_one_parity(group, j, target, {name: q[j] for name, q in parity_queries.items()})
-                    for j, target in enumerate(self._parity_targets)
-                )
-            )
+            now = self._loop.time()
+            calls = []
+            for j, target in enumerate(self._parity_targets):
+                if self._breakers[j].is_open(now):
+                    self._skip_parity(group, j)
+                else:
+                    calls.append(self._run_one_parity(group, j, target, {n: q[j] for n, q in parity_queries.items()}))
+            await asyncio.gather(*calls)
         finally:
             self._parity_in_flight -= 1
+
+    def _skip_parity(self, group: CodingGroup, index: int) -> None:
+        """A parity model in its cooldown is not called: the group notes why, and may still decode from the others."""
+        name = self._parity_targets[index].name
+        cooldown = self._config.parity_cooldown_ms
+        group.parity_errors[index] = f"{name} failed recently; retried after parity_cooldown_ms={cooldown:g}"
+        self._fail_unrecoverable(group)
 
     async def _run_one_parity(self, group: CodingGroup, index: int, target: Target, query: Tensors) -> None:
         try:
@@ -351,15 +347,20 @@ class CodedDispatcher:
         except TargetError as error:
             self._parity_failed(group, [index], error)
             return
-        self._parity_failures_in_row = 0
+        self._breakers[index].succeeded()
         group.parity_outputs[index] = outputs
         self._try_decode(group)
 
     def _parity_failed(self, group: CodingGroup, indices: Iterable[int], error: TargetError) -> None:
+        """Parities ``indices`` of ``group`` failed (all of them when the encoder did): their breakers open."""
         self.stats.parity_failures += 1
+        now = self._loop.time()
         for index in indices:
             group.parity_errors[index] = str(error)
-        self._open_parity_breaker(error)
+            cooldown = self._breakers[index].failed(now)
+            if cooldown is not None:
+                name = self._parity_targets[index].name
+                logger.warning("parity model %s failed, no calls to it for %.1f s: %s", name, cooldown, error)
         self._fail_unrecoverable(group)
 
     async def _encode(self, group: CodingGroup) -> Tensors:
