@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from parm.backend.orchestrator import OrchestratorConfig, TargetError, TensorSpec
+from parm.backend.orchestrator import CodedDispatcher, OrchestratorConfig, TargetError, TensorSpec
 from parm.backend.orchestrator.contract import (
     DECODER_AVAILABLE_INPUT,
     DECODER_OUTPUT,
@@ -129,6 +129,60 @@ def query(marker: float, batch: int = 1, seed: int | None = None) -> dict[str, n
     x = rng.normal(size=(batch, *IN_SHAPE)).astype(np.float32)
     x.reshape(-1)[0] = marker
     return {"x": x}
+
+
+class Harness:
+    """One dispatcher on the running loop, recording every reply per request. ``inline``: a linear code encoded and
+    decoded in process (``code_weights``), where the encoder and decoder models must never be called."""
+
+    inline = False
+
+    def __init__(self, f=None, parity=None, decoder=None, parities=None, **config) -> None:
+        self.f = f or LinearF()
+        self.parity = parity or LinearF("f_parity")
+        self.parities = parities or [self.parity]
+        config.setdefault("parity_models", tuple(target.name for target in self.parities))
+        self.encoder = encoder = SumEncoder()
+        if self.inline:
+            config.setdefault("code_weights", ((1.0,) * config.get("k", 2),))
+            self.encoder = encoder = FailingTarget("f_encoder")
+            decoder = FailingTarget("f_decoder")
+        self.decoder = decoder or SubtractionDecoder()
+        self.config = make_config(**config)
+        self.dispatcher = CodedDispatcher(
+            self.config, [self.f], self.parities, encoder, self.decoder, asyncio.get_running_loop()
+        )
+        self.replies: dict[int, list] = {}
+        self.queries: dict[int, dict] = {}
+        self.done: dict[int, asyncio.Event] = {}
+
+    def submit(self, marker: float, batch: int = 1) -> int:
+        request = len(self.queries)
+        self.queries[request] = query(marker, batch)
+        self.replies[request] = []
+        self.done[request] = asyncio.Event()
+
+        loop = asyncio.get_running_loop()
+
+        def reply(answer, request=request):  # F's answers come from a worker thread
+            self.replies[request].append(answer)
+            loop.call_soon_threadsafe(self.done[request].set)
+
+        self.dispatcher.submit(self.queries[request], reply)
+        return request
+
+    async def answer(self, request: int, timeout: float = 2.0):
+        await asyncio.wait_for(self.done[request].wait(), timeout)
+        return self.replies[request][0]
+
+    async def settle(self, seconds: float = 0.05) -> None:
+        """Lets late work finish, so that a second (wrong) reply would show up."""
+        await asyncio.sleep(seconds)
+
+    def assert_exactly_once(self) -> None:
+        assert all(len(replies) == 1 for replies in self.replies.values()), self.replies
+        if self.inline:
+            assert self.encoder.calls == self.decoder.calls == 0, "an inline code calls no code model"
 
 
 def run_checked(coroutine: Coroutine[Any, Any, T]) -> T:

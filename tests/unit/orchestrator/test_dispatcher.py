@@ -10,16 +10,7 @@ import pytest
 
 from parm.backend.orchestrator import AnswerSource, CodedDispatcher, ParityPolicy
 
-from .helpers import (
-    FailingTarget,
-    LinearF,
-    SubtractionDecoder,
-    SumEncoder,
-    linear_f,
-    make_config,
-    query,
-    run_checked,
-)
+from .helpers import FailingTarget, Harness, LinearF, SumEncoder, linear_f, query, run_checked
 
 
 @pytest.fixture(autouse=True, params=["code models", "inline code"])
@@ -29,59 +20,6 @@ def code_path(request: pytest.FixtureRequest) -> Iterator[None]:
     Harness.inline = request.param == "inline code"
     yield
     Harness.inline = False
-
-
-class Harness:
-    """One dispatcher on the running loop, recording every reply per request."""
-
-    inline = False
-
-    def __init__(self, f=None, parity=None, decoder=None, parities=None, **config) -> None:
-        self.f = f or LinearF()
-        self.parity = parity or LinearF("f_parity")
-        self.parities = parities or [self.parity]
-        config.setdefault("parity_models", tuple(target.name for target in self.parities))
-        self.encoder = encoder = SumEncoder()
-        if self.inline:
-            config.setdefault("code_weights", ((1.0,) * config.get("k", 2),))
-            self.encoder = encoder = FailingTarget("f_encoder")
-            decoder = FailingTarget("f_decoder")
-        self.decoder = decoder or SubtractionDecoder()
-        self.config = make_config(**config)
-        self.dispatcher = CodedDispatcher(
-            self.config, [self.f], self.parities, encoder, self.decoder, asyncio.get_running_loop()
-        )
-        self.replies: dict[int, list] = {}
-        self.queries: dict[int, dict] = {}
-        self.done: dict[int, asyncio.Event] = {}
-
-    def submit(self, marker: float, batch: int = 1) -> int:
-        request = len(self.queries)
-        self.queries[request] = query(marker, batch)
-        self.replies[request] = []
-        self.done[request] = asyncio.Event()
-
-        loop = asyncio.get_running_loop()
-
-        def reply(answer, request=request):  # F's answers come from a worker thread
-            self.replies[request].append(answer)
-            loop.call_soon_threadsafe(self.done[request].set)
-
-        self.dispatcher.submit(self.queries[request], reply)
-        return request
-
-    async def answer(self, request: int, timeout: float = 2.0):
-        await asyncio.wait_for(self.done[request].wait(), timeout)
-        return self.replies[request][0]
-
-    async def settle(self, seconds: float = 0.05) -> None:
-        """Lets late work finish, so that a second (wrong) reply would show up."""
-        await asyncio.sleep(seconds)
-
-    def assert_exactly_once(self) -> None:
-        assert all(len(replies) == 1 for replies in self.replies.values()), self.replies
-        if self.inline:
-            assert self.encoder.calls == self.decoder.calls == 0, "an inline code calls no code model"
 
 
 def run(coroutine):
@@ -381,84 +319,6 @@ def test_stats_count_groups_members_and_timings():
             await h.answer(request)
         await h.settle()
         assert h.dispatcher.in_flight_groups == 0
-
-    run(scenario())
-
-
-TWO_PARITIES = ((1.0, 1.0, 1.0), (1.0, 2.0, 3.0))
-"""k = 3, r = 2: any two of the three members, or one member from either parity alone."""
-
-
-def test_with_two_parities_one_that_never_answers_does_not_hold_back_a_rebuild():
-    if not Harness.inline:
-        pytest.skip("the decoder model takes all r parity outputs; only the in-process code decodes from fewer")
-
-    async def scenario():
-        stuck = LinearF("f_parity0")
-        stuck.paused = asyncio.Event()
-        h = Harness(parities=[stuck, LinearF("f_parity1")], k=3, code_weights=TWO_PARITIES, decode_after_ms=20.0)
-        h.f.hold[0.7] = asyncio.Event()
-        requests = [h.submit(marker) for marker in (0.5, 0.6, 0.7)]
-        answer = await h.answer(requests[2])
-        assert answer.source is AnswerSource.REBUILT
-        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[2]["x"]), rtol=1e-4, atol=1e-4)
-        for request in requests[:2]:
-            assert (await h.answer(request)).source is AnswerSource.ORIGINAL
-        stuck.paused.set()
-        h.f.hold[0.7].set()
-        await h.settle()
-        h.assert_exactly_once()
-
-    run(scenario())
-
-
-def test_with_two_parities_a_failed_one_leaves_the_other_to_rebuild_and_three_failures_are_reported():
-    if not Harness.inline:
-        pytest.skip("the decoder model takes all r parity outputs; only the in-process code decodes from fewer")
-
-    async def scenario():
-        h = Harness(parities=[FailingTarget("f_parity0"), LinearF("f_parity1")], k=3, code_weights=TWO_PARITIES)
-        h.f.fail.add(0.7)
-        requests = [h.submit(marker) for marker in (0.5, 0.6, 0.7)]
-        answer = await h.answer(requests[2])
-        assert answer.source is AnswerSource.REBUILT
-        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[2]["x"]), rtol=1e-4, atol=1e-4)
-        await h.settle()
-        h.assert_exactly_once()
-        assert h.dispatcher.stats.parity_failures == 1
-
-    async def two_failed_members_and_one_parity():
-        h = Harness(parities=[LinearF("f_parity0"), FailingTarget("f_parity1")], k=3, code_weights=TWO_PARITIES)
-        h.f.fail.update({0.6, 0.7})
-        requests = [h.submit(marker) for marker in (0.5, 0.6, 0.7)]
-        for request in requests[1:]:
-            answer = await h.answer(request)
-            assert answer.source is AnswerSource.ERROR
-            assert "2 members of its coding group failed, 1 of its 2 parities failed" in answer.error
-        await h.settle()
-        h.assert_exactly_once()
-
-    run(scenario())
-    run(two_failed_members_and_one_parity())
-
-
-def test_with_two_parities_a_dead_one_is_left_alone_while_the_other_keeps_rebuilding():
-    if not Harness.inline:
-        pytest.skip("the decoder model takes all r parity outputs; only the in-process code decodes from fewer")
-
-    async def scenario():
-        dead = FailingTarget("f_parity0")
-        h = Harness(parities=[dead, LinearF("f_parity1")], k=3, code_weights=TWO_PARITIES, parity_cooldown_ms=5000.0)
-        for group, failed in enumerate((0.3, 0.6)):
-            h.f.fail.add(failed)
-            markers = [round(0.1 + 0.3 * group + 0.1 * i, 6) for i in range(3)]
-            requests = [h.submit(marker) for marker in markers]
-            rebuilt = await h.answer(requests[markers.index(failed)])
-            assert rebuilt.source is AnswerSource.REBUILT, rebuilt.error
-            await h.settle()
-        assert dead.calls == 1, "the dead parity model is not called again during its cooldown"
-        assert h.dispatcher.stats.parity_failures == 1
-        h.assert_exactly_once()
 
     run(scenario())
 

@@ -269,10 +269,13 @@ class CodedDispatcher:
         self._fail_unrecoverable(group)
 
     def _no_parity_reason(self) -> str | None:
-        """Why a group's parity cannot be sent now, or None when it can (some parity model is not in its cooldown)."""
+        """Why a group's parity cannot be sent now, or None when it can: enough parity models are out of their
+        cooldown (one, for a linear code decoded in process; all r for the decoder model, which needs every parity)."""
         now = self._loop.time()
-        if all(breaker.is_open(now) for breaker in self._breakers):
-            which = "a parity model" if len(self._breakers) == 1 else f"all {len(self._breakers)} parity models"
+        r = len(self._breakers)
+        down = sum(breaker.is_open(now) for breaker in self._breakers)
+        if down and (down == r or self._code_weights is None):
+            which = "a parity model" if r == 1 else f"{down} of {r} parity models"
             return f"{which} failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
         if self._parity_in_flight >= self._config.max_parity_in_flight:
             return f"max_parity_in_flight={self._config.max_parity_in_flight} parity computations already running"
