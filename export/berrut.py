@@ -11,10 +11,10 @@ Here it is mapped onto the systematic orchestrator: the N = K + S points are Che
 ``z_s`` and the other K are the query nodes ``alpha_j``. Berrut's interpolant passes through its nodes, so
 ``u(alpha_j) = X_j``: F's answers to the originals are the systematic N - S evaluations, and the S parity queries
 ``u(z_s)`` are a fixed linear map of the queries (the encoder, r = S, answered by F itself). The decoder interpolates
-through the available points, originals with ``available = 1`` plus every parity, with signs alternating in the
-sorted order of the points that are actually available (a cumsum over the mask, which exports to ONNX), and evaluates
-at the erased ``alpha_j``. Tolerating any S missing answers among the N, as ApproxIFER does, also needs decoding with
-missing parities; the orchestrator waits for all r parities today, so here up to S originals may be missing.
+through the points whose answers arrived (originals and parities alike, as ``available`` [K + S] flags them), with
+signs alternating in the sorted order of those points (a cumsum over the mask, which exports to ONNX), and evaluates
+at the erased ``alpha_j``. So, as in ApproxIFER, any S missing answers among the N are tolerated: a lost parity just
+leaves one point fewer to interpolate through.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codes import Code, Decoder, ParityKind, erased_mask, register_code
+from .codes import Code, Decoder, ParityKind, erased_mask, parity_mask, register_code
 from .linear_codes import LinearEncoder
 
 
@@ -71,9 +71,9 @@ class BerrutDecoder(Decoder):
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         mask = erased_mask(available, outputs)
         arrived = torch.where(mask, outputs, torch.zeros_like(outputs))
-        values = torch.cat([arrived, parity_outputs]).index_select(0, self.order).flatten(1)  # [N, B*O], sorted
-        present = torch.cat([(available > 0.5).to(outputs.dtype), torch.ones(self.r, dtype=outputs.dtype)])
-        present = present.index_select(0, self.order)
+        parity = torch.where(parity_mask(available, parity_outputs), parity_outputs, torch.zeros_like(parity_outputs))
+        values = torch.cat([arrived, parity]).index_select(0, self.order).flatten(1)  # [N, B*O], sorted
+        present = (available > 0.5).to(outputs.dtype).index_select(0, self.order)
         before = torch.cumsum(present, dim=0) - 1.0  # index of each available point among the available ones
         sign = 1.0 - 2.0 * (before - 2.0 * torch.floor(before / 2.0))
         weights = self.inverse * (present * sign).unsqueeze(0)  # [k, N]

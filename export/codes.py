@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -44,8 +44,13 @@ class Encoder(nn.Module, abc.ABC):
 
 
 class Decoder(nn.Module, abc.ABC):
-    """Fills erased answers: (``parity_outputs`` [r, B, *o], ``outputs`` [k, B, *o], ``available`` [k]) ->
-    ``decoded`` [k, B, *o]."""
+    """Fills erased answers: (``parity_outputs`` [r, B, *o], ``outputs`` [k, B, *o], ``available`` [k + r]) ->
+    ``decoded`` [k, B, *o].
+
+    ``available`` flags the k members' answers, then the r parity answers (1.0 = arrived). A missing parity's rows
+    may hold any value, as an erased member's may: decoders that rebuild from a subset of parities (linear solve,
+    Berrut, learned) mask them; the r = 1 subtraction decoders are only called with their parity present.
+    """
 
     input_names = (contract.DECODER_PARITY_INPUT, contract.DECODER_OUTPUTS_INPUT, contract.DECODER_AVAILABLE_INPUT)
     output_name = contract.DECODER_OUTPUT
@@ -59,10 +64,32 @@ class Decoder(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor: ...
 
+    def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
+        """Whether the answers of the ``parities`` that arrived determine the ``erased`` members: here, as for an
+        MDS code, whenever there are at least as many of them. The orchestrator's ``CodingGroup.can_decode`` rule
+        for the decoder model."""
+        return 1 <= len(erased) <= len(parities)
+
 
 def erased_mask(available: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``available`` [k] as a boolean mask broadcastable against ``like`` [k, B, *o] (True = arrived)."""
-    return (available > 0.5).reshape([-1] + [1] * (like.dim() - 1))
+    """The members' part of ``available`` [k + r] as a boolean mask broadcastable against ``like`` [k, B, *o]
+    (True = arrived)."""
+    return (available[: like.shape[0]] > 0.5).reshape([-1] + [1] * (like.dim() - 1))
+
+
+def parity_mask(available: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The parities' part of ``available`` [k + r] as a boolean mask broadcastable against ``like`` [r, B, *o]
+    (True = arrived); ``like`` is the parity outputs."""
+    return (available[available.shape[0] - like.shape[0] :] > 0.5).reshape([-1] + [1] * (like.dim() - 1))
+
+
+def availability(k: int, r: int, erased: Sequence[int] = (), lost_parities: Sequence[int] = ()) -> torch.Tensor:
+    """The decoders' ``available`` [k + r] input: every answer arrived except the ``erased`` members and the
+    ``lost_parities``."""
+    available = torch.ones(k + r)
+    available[list(erased)] = 0.0
+    available[[k + j for j in lost_parities]] = 0.0
+    return available
 
 
 class SumEncoder(Encoder):

@@ -22,7 +22,7 @@ from torch import nn
 
 from parm.backend.orchestrator import contract
 
-from .codes import Code, CodeShape, Decoder, Encoder, ParityKind, get_code
+from .codes import Code, CodeShape, Decoder, Encoder, ParityKind, availability, get_code
 from .data import Dataset
 from .fsource import FSource, LoadedF
 from .models import PARITY_FAMILIES
@@ -270,12 +270,12 @@ def export_code(trained: TrainedCode, f: LoadedF, out_dir: Path, seed: int = 0) 
     def queries(*lead: int) -> torch.Tensor:
         return torch.rand(*lead, *q_shape, generator=g)
 
-    def decoder_inputs(kk: int, batch: int, erased: int) -> tuple[torch.Tensor, ...]:
+    def decoder_inputs(kk: int, batch: int, erased: int, lost: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
         outputs = torch.randn(kk, batch, *o_shape, generator=g)
         outputs[erased] = float("nan")  # an erased slot may hold anything; the decoder must not read it
-        available = torch.ones(kk)
-        available[erased] = 0.0
-        return torch.randn(r, batch, *o_shape, generator=g), outputs, available
+        parity = torch.randn(r, batch, *o_shape, generator=g)
+        parity[list(lost)] = float("nan")  # nor a lost parity's
+        return parity, outputs, availability(kk, r, [erased], lost)
 
     onnx_files: dict[str, Path] = {}
     ts_files: dict[str, Path] = {}
@@ -308,8 +308,9 @@ def export_code(trained: TrainedCode, f: LoadedF, out_dir: Path, seed: int = 0) 
     }
     if dynamic_k:
         enc_axes[contract.ENCODER_INPUT][0] = "k"
-        for name in (contract.DECODER_OUTPUTS_INPUT, contract.DECODER_AVAILABLE_INPUT, contract.DECODER_OUTPUT):
-            dec_axes.setdefault(name, {})[0] = "k"
+        for name in (contract.DECODER_OUTPUTS_INPUT, contract.DECODER_OUTPUT):
+            dec_axes[name][0] = "k"
+        dec_axes[contract.DECODER_AVAILABLE_INPUT] = {0: "k_plus_r"}
     onnx_files["encoder"], ts_files["encoder"] = _export_network(
         "encoder",
         trained.encoder,
@@ -323,7 +324,9 @@ def export_code(trained: TrainedCode, f: LoadedF, out_dir: Path, seed: int = 0) 
         "decoder",
         trained.decoder,
         decoder_inputs(k, 2, 0),
-        [decoder_inputs(k, 1, k - 1)] + [decoder_inputs(kk, 5, 1) for kk in [k, *extra_k]],
+        [decoder_inputs(k, 1, k - 1)]
+        + [decoder_inputs(kk, 5, 1) for kk in [k, *extra_k]]
+        + ([decoder_inputs(k, 3, 0, (r - 1,))] if r > 1 else []),
         (Decoder.input_names, (contract.DECODER_OUTPUT,)),
         dec_axes,
         out_dir,

@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from torch import nn
 
 from parm.backend.orchestrator.contract import CODED_SUFFIX
+from parm.backend.orchestrator.linear import parse_weights, solvable
 
 from .codes import get_code
 from .coding import CodeConfig, TrainedCode, train_code
@@ -107,7 +108,7 @@ def extra_per_query(trained: TrainedCode, f: LoadedF) -> float:
     parity = sum(count_macs(model, query) for model in trained.parity_side(f.module))
     encoder = count_macs(trained.encoder, torch.zeros(k, 1, *f.input.dims))
     decoder = count_macs(
-        trained.decoder, torch.zeros(r, 1, *f.output.dims), torch.zeros(k, 1, *f.output.dims), torch.ones(k)
+        trained.decoder, torch.zeros(r, 1, *f.output.dims), torch.zeros(k, 1, *f.output.dims), torch.ones(k + r)
     )
     return (encoder + parity + decoder) / (k * f_macs)
 
@@ -232,6 +233,20 @@ class _OnnxCode(OnnxCallable):
         self.k, self.r = k, r
 
 
+class _OnnxDecoder(_OnnxCode):
+    """An exported decoder, rebuilding what the served orchestrator would ask it to (``CodingGroup.can_decode``):
+    what the arrived parities solve for a linear code (its ``code_weights``), else e erasures from any e parities."""
+
+    def __init__(self, path: Path, k: int, r: int, weights: str) -> None:
+        super().__init__(path, k, r)
+        self.weights = np.array(parse_weights(weights), dtype=np.float64) if weights else None
+
+    def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
+        if self.weights is None:
+            return 1 <= len(erased) <= len(parities)
+        return len(erased) >= 1 and solvable(self.weights, parities, erased)
+
+
 def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: int = 0) -> Report:
     """Reports on a written repository's coded endpoint(s), running its ONNX files with onnxruntime."""
     repository = Path(repository)
@@ -256,7 +271,9 @@ def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: in
             f_module = OnnxCallable(repository / f_name / "1" / "model.onnx")
             parity = [OnnxCallable(repository / name / "1" / "model.onnx") for name in parity_names]
             encoder = _OnnxCode(repository / parameters["encoder_model"] / "1" / "model.onnx", k, r)
-            decoder = _OnnxCode(repository / parameters["decoder_model"] / "1" / "model.onnx", k, r)
+            decoder = _OnnxDecoder(
+                repository / parameters["decoder_model"] / "1" / "model.onnx", k, r, parameters.get("code_weights", "")
+            )
             degraded = degraded_accuracy(f_module, parity, splits.test, k, encoder, decoder, seed=seed)
             f_accuracy, f_description = degraded.f_accuracy, f"{f_name} (ONNX in {repository})"
             who = (

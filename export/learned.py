@@ -1,7 +1,7 @@
 """Learned codes (Kosaian, Rashmi, Venkataraman, "Learning a Code", 2018): encoder and decoder are small networks.
 
 F stays fixed and answers the r parity queries itself; the encoder network maps the k queries to r parity queries and
-the decoder network maps the k + r answers (erased slots masked to zero, plus the availability mask) to the k answers.
+the decoder network maps the k + r answers (missing ones masked to zero, plus the availability mask) to the k answers.
 Both are trained end to end through the frozen F with a loss on the erased slots only (``train.train_learned_code``).
 
 - ``learned``: MLP encoder over the k flattened queries (the paper's MLP encoder).
@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .codes import Code, Decoder, Encoder, ParityKind, erased_mask, register_code
+from .codes import Code, Decoder, Encoder, ParityKind, erased_mask, parity_mask, register_code
 
 HIDDEN = 256
 """Width of the encoder and decoder MLPs' hidden layers."""
@@ -75,21 +75,23 @@ class ConvEncoder(Encoder):
 
 
 class MLPDecoder(Decoder):
-    """Rebuilds erased answers with an MLP over the masked k answers, the r parity answers and the mask."""
+    """Rebuilds erased answers with an MLP over the masked k answers, the masked r parity answers and the k + r
+    availability flags (with r > 1 it is trained with lost parities too, ``train.train_learned_code``)."""
 
     def __init__(self, k: int, r: int, output_shape: tuple[int, ...], hidden: int = HIDDEN) -> None:
         super().__init__(k, r)
         if not output_shape:
             raise ValueError("a learned decoder needs the output shape")
         self.output_size = math.prod(output_shape)
-        self.net = _mlp((k + r) * self.output_size + k, hidden, k * self.output_size)
+        self.net = _mlp((k + r) * (self.output_size + 1), hidden, k * self.output_size)
 
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         mask = erased_mask(available, outputs)
         arrived = torch.where(mask, outputs, torch.zeros_like(outputs))
+        parity = torch.where(parity_mask(available, parity_outputs), parity_outputs, torch.zeros_like(parity_outputs))
         batch_rows = arrived.transpose(0, 1).flatten(1)  # [B, k*O]
-        parity_rows = parity_outputs.transpose(0, 1).flatten(1)  # [B, r*O]
-        flags = (available > 0.5).to(outputs.dtype).unsqueeze(0).expand(batch_rows.shape[0], self.k)
+        parity_rows = parity.transpose(0, 1).flatten(1)  # [B, r*O]
+        flags = (available > 0.5).to(outputs.dtype).unsqueeze(0).expand(batch_rows.shape[0], self.k + self.r)
         rebuilt = self.net(torch.cat([batch_rows, parity_rows, flags], dim=1))  # [B, k*O]
         rebuilt = rebuilt.reshape(-1, self.k, self.output_size).transpose(0, 1).reshape_as(outputs)
         return torch.where(mask, outputs, rebuilt)

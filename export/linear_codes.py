@@ -6,20 +6,27 @@ the decoder. The weights are the first r rows of the DCT-II matrix, ``W[j, i] = 
 at the k Chebyshev nodes ``x_i``): row 0 is all ones, so r = 1 is exactly ParM's sum code; the rows are orthogonal,
 which keeps the decoder's solve well conditioned in float32 (a Vandermonde matrix on positive nodes lost 3 digits at
 k = 4, r = 3); and any e <= r columns are a polynomial basis of degree < r at distinct nodes, hence of full column
-rank: any e <= r erasures can be rebuilt.
+rank: any e <= r erasures can be rebuilt. With parities lost, e erasures are rebuilt when the rows that arrived span
+their columns, which they need not (k = 3: row 1 is zero on the middle slot); ``LinearSystemDecoder.can_rebuild`` and
+the orchestrator's ``linear.solvable`` check exactly that.
 
 The decoder is written with fixed-size torch operations only (no ``torch.linalg``: ONNX opset 17 has no solve or
 inverse) so it exports to ONNX and runs on any Triton: it forms the normal equations of the erased unknowns,
-``(A^T A + diag(available)) x = A^T R`` with ``A = W * erased``, whose matrix is symmetric positive definite
-whenever at most r slots are erased, and solves them by Gaussian elimination unrolled over the k (static) rows.
+``(A^T A + diag(available)) x = A^T R`` with ``A`` the rows of the arrived parities and the columns of the erased
+slots, whose matrix is symmetric positive definite whenever those rows span those columns, and solves them by
+Gaussian elimination unrolled over the k (static) rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-from .codes import Code, Decoder, Encoder, ParityKind, erased_mask, register_code
+from parm.backend.orchestrator import linear
+
+from .codes import Code, Decoder, Encoder, ParityKind, erased_mask, parity_mask, register_code
 
 RIDGE = 1e-6
 """Added to the decoder's diagonal so a call with more than r erasures returns finite (meaningless) values, not NaN;
@@ -74,7 +81,9 @@ def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class LinearSystemDecoder(Decoder):
-    """Rebuilds up to r erased answers of a linear code with weights [r, k] by solving for them (least squares)."""
+    """Rebuilds erased answers of a linear code with weights [r, k] by solving for them (least squares) from the
+    parities that arrived: any e erasures whose columns the arrived parities' rows span (e <= r with every parity;
+    ``CodingGroup.can_decode`` checks the same in the orchestrator)."""
 
     def __init__(self, weights: np.ndarray | torch.Tensor) -> None:
         weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
@@ -82,12 +91,19 @@ class LinearSystemDecoder(Decoder):
         self.register_buffer("weights", weights)
         self.register_buffer("eye", torch.eye(self.k))
 
+    def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
+        """The arrived parities' rows span the erased columns (the orchestrator's in-process rule, ``solvable``)."""
+        return len(erased) >= 1 and linear.solvable(self.weights.numpy(), parities, erased)
+
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         mask = erased_mask(available, outputs)
         arrived = torch.where(mask, outputs, torch.zeros_like(outputs)).reshape(self.k, -1)  # [k, N]
-        residual = parity_outputs.reshape(self.r, -1) - self.weights @ arrived  # [r, N]
-        present = (available > 0.5).to(outputs.dtype)
-        a = self.weights * (1.0 - present).unsqueeze(0)  # [r, k]: columns of the erased unknowns
+        parities = parity_mask(available, parity_outputs)
+        parity = torch.where(parities, parity_outputs, torch.zeros_like(parity_outputs)).reshape(self.r, -1)
+        rows = parities.reshape(self.r, 1).to(outputs.dtype)  # the equations of the parities that arrived
+        residual = (parity - self.weights @ arrived) * rows  # [r, N]
+        present = mask.reshape(self.k).to(outputs.dtype)
+        a = self.weights * (1.0 - present).unsqueeze(0) * rows  # [r, k]: columns of the erased unknowns
         normal = a.t() @ a + self.eye * (present + RIDGE).unsqueeze(0)
         unknown = solve_spd(normal, a.t() @ residual, self.k)  # [k, N]; zero on arrived slots
         return torch.where(mask, outputs, unknown.reshape_as(outputs))

@@ -31,7 +31,8 @@ class ReportRow:
     accuracy: float | None
     agreement_with_f: float
     extra_per_query: float | None = None
-    by_erasures: tuple[tuple[int, float | None, float], ...] = ()
+    by_erasures: tuple[tuple[int, int, float | None, float], ...] = ()
+    """(erased members, lost parities, accuracy, agreement with F) for every count the code tolerates."""
     train_seconds: float | None = None
     note: str = ""
 
@@ -47,7 +48,9 @@ class ReportRow:
             accuracy=degraded.degraded_accuracy,
             agreement_with_f=degraded.degraded_agreement_with_f,
             extra_per_query=r / k,
-            by_erasures=tuple((e.erased, e.accuracy, e.agreement_with_f) for e in degraded.by_erasures),
+            by_erasures=tuple(
+                (e.erased, e.lost_parities, e.accuracy, e.agreement_with_f) for e in degraded.by_erasures
+            ),
             train_seconds=train_seconds,
             note=note,
         )
@@ -90,7 +93,7 @@ class Report:
         ]
         for row in self.rows:
             gap = self.gap_points(row)
-            more = "; ".join(f"{e} rebuilt: {_pct(acc)}" for e, acc, _ in row.by_erasures[1:]) or "-"
+            more = "; ".join(f"{_erasure_label(e, lost)}: {_pct(acc)}" for e, lost, acc, _ in row.by_erasures[1:])
             lines.append(
                 "| "
                 + " | ".join(
@@ -102,7 +105,7 @@ class Report:
                         _pct(row.accuracy),
                         "-" if gap is None else f"{gap:.2f}",
                         _pct(row.agreement_with_f),
-                        more,
+                        more or "-",
                         "-" if row.train_seconds is None else f"{row.train_seconds:.0f}",
                     ]
                 )
@@ -177,6 +180,11 @@ def _cost(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.3f}"
+
+
+def _erasure_label(erased: int, lost_parities: int) -> str:
+    lost = f", {lost_parities} parit{'y' if lost_parities == 1 else 'ies'} lost" if lost_parities else ""
+    return f"{erased} rebuilt{lost}"
 
 
 def _pct(value: float | None) -> str:

@@ -140,14 +140,18 @@ class CodedDeployment:
             "max_in_flight": str(self.max_in_flight),
             "max_parity_in_flight": str(self.max_parity_in_flight),
             "parity_cooldown_ms": f"{self.parity_cooldown_ms:g}",
-            **({"code_weights": self.code_weights_text} if self.code_weights_text else {}),
+            **(
+                {"code_weights": self.code_weights_text, "inline_code": str(self.inline_code).lower()}
+                if self.code_weights_text
+                else {}
+            ),
         }
 
     @property
     def code_weights_text(self) -> str:
-        """The inline code's [r, k] weights as the orchestrator reads them ("1,1"; rows split by ";"), or ""."""
+        """A linear code's [r, k] weights as the orchestrator reads them ("1,1"; rows split by ";"), or ""."""
         weights = get_code(self.code).linear_weights
-        if not self.inline_code or weights is None:
+        if weights is None:
             return ""
         return ";".join(",".join(f"{w:.9g}" for w in row) for row in np.asarray(weights(self.k, self.r)))
 
@@ -179,7 +183,7 @@ def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
         (
             _stacked(DECODER_PARITY_INPUT, out, lead=r),
             _stacked(DECODER_OUTPUTS_INPUT, out, lead=k_lead),
-            TensorSpec(DECODER_AVAILABLE_INPUT, np.dtype(np.float32), (k_lead,)),
+            TensorSpec(DECODER_AVAILABLE_INPUT, np.dtype(np.float32), (-1 if k_lead == -1 else k_lead + r,)),
         ),
         (_stacked(DECODER_OUTPUT, out, lead=k_lead),),
         max_batch_size=0,

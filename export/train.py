@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .codes import Decoder, Encoder
+from .codes import Decoder, Encoder, availability
 from .data import Dataset
 
 logger = logging.getLogger(__name__)
@@ -116,20 +116,23 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class ErasureAccuracy:
-    """Rebuilt answers with exactly ``erased`` members of each group missing, every such pattern in turn."""
+    """Rebuilt answers with exactly ``erased`` members and ``lost_parities`` parities of each group missing, every
+    such pattern the code tolerates in turn."""
 
     erased: int
     accuracy: float | None
     agreement_with_f: float
     rebuilt: int
+    lost_parities: int = 0
 
 
 @dataclass(frozen=True)
 class DegradedAccuracy:
     """F's accuracy with every answer available, and the accuracy of answers rebuilt by the code.
 
-    The top-level degraded numbers are for one erased member (each slot in turn), comparable across codes;
-    ``by_erasures`` has one entry per number of erasures the code tolerates (1..r). Accuracies against labels are
+    The top-level degraded numbers are for one erased member (each slot in turn) with every parity, comparable
+    across codes; ``by_erasures`` has one entry per count of erased members and lost parities the code tolerates:
+    1..r erased with every parity first, then with parities lost (r > 1). Accuracies against labels are
     ``None`` when the data has no labels; agreement with F's argmax always exists.
     """
 
@@ -175,6 +178,34 @@ def erasure_patterns(k: int, max_erased: int) -> list[tuple[int, ...]]:
     return [
         pattern for count in range(1, min(max_erased, k) + 1) for pattern in itertools.combinations(range(k), count)
     ]
+
+
+@dataclass(frozen=True)
+class LossPattern:
+    """Which answers of a group are missing: ``erased`` members (at least one) and ``lost`` parities."""
+
+    erased: tuple[int, ...]
+    lost: tuple[int, ...] = ()
+
+    def available(self, k: int, r: int) -> torch.Tensor:
+        """The decoder's ``available`` [k + r] input for this pattern."""
+        return availability(k, r, self.erased, self.lost)
+
+
+def tolerated_patterns(decoder: Decoder) -> list[LossPattern]:
+    """Every loss pattern the decoder rebuilds (``Decoder.can_rebuild``): 1..r erased members with every parity,
+    then with 1..r - 1 parities lost too; fewer missing answers first."""
+    k, r = decoder.k, decoder.r
+    patterns = []
+    for lost_count in range(r):
+        for lost in itertools.combinations(range(r), lost_count):
+            arrived = [j for j in range(r) if j not in lost]
+            patterns += [
+                LossPattern(erased, lost)
+                for erased in erasure_patterns(k, len(arrived))
+                if decoder.can_rebuild(erased, arrived)
+            ]
+    return patterns
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
@@ -489,9 +520,7 @@ def train_parity(
         loss = nn.functional.mse_loss(parity_outputs, target)
         if cfg.distill_weight > 0:
             slot = int(torch.randint(k, (1,), generator=slot_generator))
-            available = torch.ones(k)
-            available[slot] = 0.0
-            decoded = decoder(parity_outputs, members, available)[slot]
+            decoded = decoder(parity_outputs, members, availability(k, encoder.r, [slot]))[slot]
             loss = loss + cfg.distill_weight * nn.functional.kl_div(
                 nn.functional.log_softmax(decoded, dim=-1),
                 nn.functional.log_softmax(members[slot], dim=-1),
@@ -520,9 +549,10 @@ def train_learned_code(
 ) -> TrainResult:
     """Learned code training (Kosaian et al. 2018): encoder and decoder networks end to end through the frozen F.
 
-    Each minibatch of k-groups draws one erasure pattern (1..r slots); the r parity queries go through F (its
-    weights frozen, gradients flowing to the encoder), the decoder rebuilds the erased slots, and the loss is the
-    MSE between rebuilt and F's own outputs on the erased slots only. Kept by validation agreement with F.
+    Each minibatch of k-groups draws one loss pattern the decoder tolerates (1..r erased members; with r > 1 also
+    lost parities, so the decoder learns to rebuild from the parities that arrived); the r parity queries go through
+    F (its weights frozen, gradients flowing to the encoder), the decoder rebuilds the erased slots, and the loss is
+    the MSE between rebuilt and F's own outputs on the erased slots only. Kept by validation agreement with F.
     F must be a differentiable torch module (a torch or TorchScript F; an ONNX-only F cannot train a learned code).
     """
     k, r = encoder.k, encoder.r
@@ -534,7 +564,7 @@ def train_learned_code(
     f_model.eval()
     x = torch.from_numpy(train.x)
     f_outputs = predict(f_model, x)
-    patterns = erasure_patterns(k, r)
+    patterns = tolerated_patterns(decoder)
     pattern_generator = torch.Generator().manual_seed(cfg.seed + 1)
     code = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
     groups = cfg.groups_per_epoch or len(x)
@@ -545,10 +575,8 @@ def train_learned_code(
         parity_outputs = parity_outputs.reshape(r, -1, *parity_outputs.shape[1:])
         outputs = f_outputs[batch].transpose(0, 1)  # [k, b, *o]
         pattern = patterns[int(torch.randint(len(patterns), (1,), generator=pattern_generator))]
-        available = torch.ones(k)
-        available[list(pattern)] = 0.0
-        decoded = decoder(parity_outputs, outputs, available)
-        erased = list(pattern)
+        decoded = decoder(parity_outputs, outputs, pattern.available(k, r))
+        erased = list(pattern.erased)
         return nn.functional.mse_loss(decoded[erased], outputs[erased])
 
     def validate() -> float:
@@ -570,9 +598,9 @@ def degraded_accuracy(
     decoder: Decoder,
     seed: int = 0,
     groupings: int = 4,
-    max_erased: int | None = None,
 ) -> DegradedAccuracy:
-    """Accuracy of answers rebuilt by the code for every erasure pattern it tolerates (1..r missing members).
+    """Accuracy of answers rebuilt by the code for every loss pattern it tolerates (``tolerated_patterns``: 1..r
+    missing members, and with r > 1 the same with lost parities), one ``ErasureAccuracy`` per (erased, lost) count.
 
     ``parity`` is the parity side: one model (used for each of the r parities: F itself for learned codes and
     Berrut, or ParM's single parity model), a list of r parity models, or a ``StackedParity``. The queries are
@@ -588,9 +616,9 @@ def degraded_accuracy(
     labels = None if data.y is None else torch.from_numpy(data.y)
     generator = torch.Generator().manual_seed(seed)
     n, n_groups = len(x), math.ceil(len(x) / k)
-    patterns = erasure_patterns(k, encoder.r if max_erased is None else max_erased)
-    rebuilt: dict[int, list[torch.Tensor]] = {}
-    members: dict[int, list[torch.Tensor]] = {}
+    patterns = tolerated_patterns(decoder)
+    rebuilt: dict[tuple[int, int], list[torch.Tensor]] = {}
+    members: dict[tuple[int, int], list[torch.Tensor]] = {}
     stacked.eval()
     encoder.eval()
     decoder.eval()
@@ -602,19 +630,21 @@ def degraded_accuracy(
             parity_outputs = _batched(stacked, parity_queries, dim=1)  # [r, G, *o]
             outputs = f_outputs[groups].transpose(0, 1)  # [k, G, *o]
             for pattern in patterns:
-                available = torch.ones(k)
-                available[list(pattern)] = 0.0
-                decoded = decoder(parity_outputs, outputs, available)
-                for slot in pattern:
+                missing = parity_outputs.clone()
+                missing[list(pattern.lost)] = float("nan")  # a lost parity's answer must not be read
+                decoded = decoder(missing, outputs, pattern.available(k, encoder.r))
+                count = (len(pattern.erased), len(pattern.lost))
+                for slot in pattern.erased:
                     real = torch.arange(n_groups) * k + slot < n  # skip the top-up copies
-                    rebuilt.setdefault(len(pattern), []).append(decoded[slot][real].argmax(dim=1))
-                    members.setdefault(len(pattern), []).append(groups[real, slot])
+                    rebuilt.setdefault(count, []).append(decoded[slot][real].argmax(dim=1))
+                    members.setdefault(count, []).append(groups[real, slot])
     by_erasures = []
-    for count in sorted(rebuilt):
+    for count in sorted(rebuilt, key=lambda c: (c[1], c[0])):
         predicted, index = torch.cat(rebuilt[count]), torch.cat(members[count])
         by_erasures.append(
             ErasureAccuracy(
-                erased=count,
+                erased=count[0],
+                lost_parities=count[1],
                 accuracy=None if labels is None else float((predicted == labels[index]).float().mean()),
                 agreement_with_f=float((predicted == f_argmax[index]).float().mean()),
                 rebuilt=len(index),

@@ -53,7 +53,9 @@ def export_repository(
     print(f"F ({deployment.name}) test accuracy, all answers available: {_pct(accuracy.f_accuracy)}")
     for erased in accuracy.by_erasures:
         print(
-            f"{code.label} degraded-mode test accuracy ({erased.erased} answer(s) rebuilt): {_pct(erased.accuracy)} "
+            f"{code.label} degraded-mode test accuracy ({erased.erased} answer(s) rebuilt"
+            f"{f', {erased.lost_parities} parity answer(s) lost' if erased.lost_parities else ''}): "
+            f"{_pct(erased.accuracy)} "
             f"(agrees with F's own answer {_pct(erased.agreement_with_f)})"
         )
     print(f"Model repository written to {out} (training took {artifacts.train_seconds:.0f} s)")

@@ -2,7 +2,9 @@
 
 One repository holds three deployments of a bias-free linear F (ONNX):
 - ``linr2``: ParM with r = 2 weighted sums, k = 3; F itself is the exact parity model of a linear F, so any two
-  missing answers of a group are rebuilt exactly by the decoder's linear solve;
+  missing answers of a group are rebuilt exactly by the linear solve (in the orchestrator);
+- ``linr2models``: the same code run by its encoder and decoder models (``inline_code`` off), so the exported
+  decoder rebuilds from the parities that arrived, flagged in its ``available`` input;
 - ``linberrut``: Berrut, k = 2, S = 1, F answers the parity query (exact for an affine F at k = 2);
 - ``linlearned``: a learned code (untrained networks, k = 2): served end to end, its rebuilt answers flagged.
 """
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 DEPLOYMENTS = {
     "linr2": CodeConfig("linear", 3, 2),
+    "linr2models": CodeConfig("linear", 3, 2),
     "linberrut": CodeConfig("berrut", 2, 1),
     "linlearned": CodeConfig("learned", 2, 1),
 }
@@ -54,7 +57,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         trained = TrainedCode(code, encoder, decoder, parity_models=[module] * code.r if trained_parity else [])
         exported = export_code(trained, f, root / name)
         deployment = CodedDeployment(
-            name, (f.input,), (f.output,), max_batch_size=8, k=code.k, code=code.code, r=code.r
+            name,
+            (f.input,),
+            (f.output,),
+            max_batch_size=8,
+            k=code.k,
+            code=code.code,
+            r=code.r,
+            inline_code=name != "linr2models",
         )
         write_repository(repo, deployment, exported.onnx)
     return repo
@@ -69,6 +79,14 @@ def _infer(client, model: str, x: np.ndarray, timeout_s: float = 20):
     tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     return client.infer(model, [tensor], client_timeout=timeout_s)
+
+
+def _warm_up(client, name: str, x: np.ndarray) -> None:
+    """One call to F, each parity model and the coded endpoint of deployment ``name``, so that first-call set-up
+    does not eat into a pause's 0.8 s budget."""
+    models = [model.name for model in client.get_model_repository_index().models]
+    for model in [name, *(m for m in models if m.startswith(f"{name}_parity")), f"{name}_coded"]:
+        _infer(client, model, x)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +112,7 @@ def test_answers_are_f_answers_when_nothing_is_slow(server, queries, name):
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
 def test_a_paused_f_instance_is_rebuilt_around_by_the_chosen_code(server, queries, name):
     client = grpcclient.InferenceServerClient(server.grpc_url)
+    _warm_up(client, name, queries[0])
     pid = faults.find_instance_pids(server.pid, name)[f"{name}_0_0"]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pause = faults.pause(pid, max_seconds=0.8)
@@ -116,18 +135,20 @@ def test_a_paused_f_instance_is_rebuilt_around_by_the_chosen_code(server, querie
             np.testing.assert_allclose(answer, truth, atol=1e-4, rtol=1e-4)
 
 
-def test_with_r_2_one_paused_parity_model_does_not_hold_back_a_rebuild(server, queries):
-    """Decoding from a subset of the parities, on the real server: F instance 0 and the second parity model are
-    paused together, and every request is still answered while both are paused, exactly. The first parity (the
-    plain sum) alone rebuilds any one missing answer."""
+@pytest.mark.parametrize("name", ["linr2", "linr2models"])
+def test_with_r_2_one_paused_parity_model_does_not_hold_back_a_rebuild(server, queries, name):
+    """Decoding from a subset of the parities, on the real server, in the orchestrator and by the decoder model: F
+    instance 0 and the second parity model are paused together, and every request is still answered while both
+    are paused, exactly. The first parity (the plain sum) alone rebuilds any one missing answer."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    f_pid = faults.find_instance_pids(server.pid, "linr2")["linr2_0_0"]
-    parity_pids = list(faults.find_instance_pids(server.pid, "linr2_parity_1").values())
+    _warm_up(client, name, queries[0])
+    f_pid = faults.find_instance_pids(server.pid, name)[f"{name}_0_0"]
+    parity_pids = list(faults.find_instance_pids(server.pid, f"{name}_parity_1").values())
     assert parity_pids, "the second parity model has an instance"
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pauses = [faults.pause(pid, max_seconds=0.8) for pid in (f_pid, *parity_pids)]
         try:
-            futures = [pool.submit(_infer, client, "linr2_coded", x) for x in queries]
+            futures = [pool.submit(_infer, client, f"{name}_coded", x) for x in queries]
             results = [future.result(timeout=30) for future in futures]
             answered_while_paused = all(pause.active for pause in pauses)
         finally:
@@ -138,4 +159,4 @@ def test_with_r_2_one_paused_parity_model_does_not_hold_back_a_rebuild(server, q
     flags = [bool(r.as_numpy(RECONSTRUCTED_OUTPUT).all()) for r in results]
     assert any(flags), "the paused F instance held a request: it must have been rebuilt and flagged"
     for result, x in zip(results, queries, strict=True):
-        np.testing.assert_allclose(result.as_numpy("logits"), _infer(client, "linr2", x).as_numpy("logits"), atol=1e-4)
+        np.testing.assert_allclose(result.as_numpy("logits"), _infer(client, name, x).as_numpy("logits"), atol=1e-4)

@@ -103,4 +103,7 @@ def test_linear_codes_are_encoded_and_decoded_in_the_orchestrator(code, k, r, we
     config = orchestrator_config(model_configs(deployment)[deployment.names.coded])
     assert len(config.code_weights) == (r if weights else 0)
     off = dataclasses.replace(deployment, inline_code=False)
-    assert "code_weights" not in off.orchestrator_parameters()
+    parameters = off.orchestrator_parameters()
+    assert parameters.get("code_weights", "") == weights  # the weights still say which parities solve what
+    assert parameters.get("inline_code", "false") == "false"
+    assert not orchestrator_config(model_configs(off)[off.names.coded]).inline_code or not weights

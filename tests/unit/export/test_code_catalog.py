@@ -13,23 +13,25 @@ from torch import nn
 
 from parm.backend.orchestrator import contract
 from parm.export.berrut import berrut_basis, berrut_points
-from parm.export.codes import CodeShape, ParityKind, code_names, get_code
+from parm.export.codes import CodeShape, ParityKind, availability, code_names, get_code
 from parm.export.concat import ConcatEncoder
 from parm.export.linear_codes import chebyshev_weights
 from parm.export.onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
+from parm.export.train import LossPattern, erasure_patterns, tolerated_patterns
 
 QUERY = (1, 8, 8)
 OUTPUT = (10,)
 
 
-def _available(k: int, erased: tuple[int, ...]) -> torch.Tensor:
-    available = torch.ones(k)
-    available[list(erased)] = 0.0
-    return available
+def _available(k: int, erased: tuple[int, ...], r: int = 1, lost: tuple[int, ...] = ()) -> torch.Tensor:
+    return availability(k, r, erased, lost)
 
 
-def _patterns(k: int, r: int) -> list[tuple[int, ...]]:
-    return [p for e in range(1, r + 1) for p in itertools.combinations(range(k), e)]
+def _with_losses(parity_outputs: torch.Tensor, pattern: LossPattern) -> torch.Tensor:
+    """The parity outputs with the pattern's lost parities' rows NaN: a decoder must not read them."""
+    missing = parity_outputs.clone()
+    missing[list(pattern.lost)] = float("nan")
+    return missing
 
 
 @pytest.mark.parametrize(("k", "r"), [(2, 1), (3, 1), (4, 1), (2, 2), (3, 2), (4, 2), (4, 3), (4, 4)])
@@ -42,10 +44,12 @@ def test_linear_code_rebuilds_any_r_erasures_of_a_linear_f_exactly(k: int, r: in
     queries = torch.randn(k, 5, 64)
     with torch.no_grad():
         outputs, parity_outputs = f(queries), f(encoder(queries))
-        for erased in _patterns(k, r):
+        patterns = tolerated_patterns(decoder)
+        assert {p.erased for p in patterns if not p.lost} == set(erasure_patterns(k, r))  # any r erasures
+        for pattern in patterns:  # and any e erasures from any e parities (their rows span e columns here)
             garbage = outputs.clone()
-            garbage[list(erased)] = float("nan")
-            decoded = decoder(parity_outputs, garbage, _available(k, erased))
+            garbage[list(pattern.erased)] = float("nan")
+            decoded = decoder(_with_losses(parity_outputs, pattern), garbage, pattern.available(k, r))
             torch.testing.assert_close(decoded, outputs, atol=1e-4, rtol=1e-4)
 
 
@@ -106,10 +110,13 @@ def test_berrut_is_exact_for_a_constant_f_and_passes_available_slots_through(k: 
     assert code.parity is ParityKind.F
     decoder = code.decoder(CodeShape(k, s))
     constant = torch.randn(1, 5, 10).expand(k, 5, 10).clone()
-    for erased in _patterns(k, s):
+    patterns = tolerated_patterns(decoder)
+    lost_some = [p for p in patterns if p.lost]
+    assert len(lost_some) == (0 if s == 1 else k * s)  # S = 2: one member rebuilt from either parity alone
+    for pattern in patterns:  # ApproxIFER: any S missing answers among the N = K + S
         outputs = constant.clone()
-        outputs[list(erased)] = float("nan")
-        decoded = decoder(constant[:s], outputs, _available(k, erased))
+        outputs[list(pattern.erased)] = float("nan")
+        decoded = decoder(_with_losses(constant[:s], pattern), outputs, pattern.available(k, s))
         torch.testing.assert_close(decoded, constant, atol=1e-5, rtol=1e-5)
 
 
@@ -141,9 +148,12 @@ def test_berrut_rebuilds_a_smooth_f_approximately() -> None:
 def _code_inputs(name: str, k: int, r: int, batch: int, erased: tuple[int, ...], g: torch.Generator):
     outputs = torch.randn(k, batch, *OUTPUT, generator=g)
     outputs[list(erased)] = float("nan")
+    parity = torch.randn(r, batch, *OUTPUT, generator=g)
+    lost = tuple(range(r - len(erased)))[:1]  # one parity lost when the others can still rebuild
+    parity[list(lost)] = float("nan")
     return (
         (torch.rand(k, batch, *QUERY, generator=g),),
-        (torch.randn(r, batch, *OUTPUT, generator=g), outputs, _available(k, erased)),
+        (parity, outputs, _available(k, erased, r, lost)),
     )
 
 

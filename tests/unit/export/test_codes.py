@@ -7,13 +7,19 @@ import torch
 from torch import nn
 
 from parm.backend.orchestrator import contract
-from parm.export.codes import CodeShape, ParityKind, SubtractionDecoder, SumEncoder, get_code, register_code
+from parm.export.codes import (
+    CodeShape,
+    ParityKind,
+    SubtractionDecoder,
+    SumEncoder,
+    availability,
+    get_code,
+    register_code,
+)
 
 
 def _erased(k: int, slot: int) -> torch.Tensor:
-    available = torch.ones(k)
-    available[slot] = 0.0
-    return available
+    return availability(k, 1, [slot])
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
@@ -62,10 +68,10 @@ def test_shapes_follow_the_contract() -> None:
 def test_erased_slot_may_hold_nan_and_available_slots_pass_through() -> None:
     outputs = torch.tensor([[[1.0, 2.0]], [[float("nan"), float("inf")]]])  # [k=2, B=1, o=2]
     parity = torch.tensor([[[4.0, 6.0]]])
-    decoded = SubtractionDecoder(2)(parity, outputs, torch.tensor([1.0, 0.0]))
+    decoded = SubtractionDecoder(2)(parity, outputs, _erased(2, 1))
     torch.testing.assert_close(decoded, torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]]))
     everything = torch.randn(2, 1, 2)
-    torch.testing.assert_close(SubtractionDecoder(2)(parity, everything, torch.ones(2)), everything)
+    torch.testing.assert_close(SubtractionDecoder(2)(parity, everything, torch.ones(3)), everything)
 
 
 def test_registry() -> None:

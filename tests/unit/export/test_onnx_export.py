@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from parm.backend.orchestrator import contract
-from parm.export.codes import SubtractionDecoder, SumEncoder
+from parm.export.codes import SubtractionDecoder, SumEncoder, availability
 from parm.export.errors import ExportMismatchError
 from parm.export.models import DigitsCNN
 from parm.export.onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
@@ -68,9 +68,7 @@ def test_code_networks_round_trip_with_dynamic_k_and_batch(tmp_path: Path) -> No
     def decoder_inputs(k: int, batch: int, erased: int) -> tuple[torch.Tensor, ...]:
         outputs = torch.randn(k, batch, 10, generator=g)
         outputs[erased] = float("nan")
-        available = torch.ones(k)
-        available[erased] = 0.0
-        return torch.randn(1, batch, 10, generator=g), outputs, available
+        return torch.randn(1, batch, 10, generator=g), outputs, availability(k, 1, [erased])
 
     enc_example = (torch.rand(2, 3, 1, 8, 8, generator=g),)
     enc_fresh = [(torch.rand(2, 1, 1, 8, 8, generator=g),), (torch.rand(4, 5, 1, 8, 8, generator=g),)]
@@ -85,7 +83,7 @@ def test_code_networks_round_trip_with_dynamic_k_and_batch(tmp_path: Path) -> No
     dec_axes = {
         contract.DECODER_PARITY_INPUT: {1: "batch"},
         contract.DECODER_OUTPUTS_INPUT: {0: "k", 1: "batch"},
-        contract.DECODER_AVAILABLE_INPUT: {0: "k"},
+        contract.DECODER_AVAILABLE_INPUT: {0: "k_plus_r"},
         contract.DECODER_OUTPUT: {0: "k", 1: "batch"},
     }
     example = decoder_inputs(2, 3, 0)

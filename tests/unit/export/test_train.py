@@ -18,10 +18,12 @@ from parm.export.models import DigitsCNN, build_parity_model
 from parm.export.onnx_export import export_onnx
 from parm.export.train import (
     Augmentation,
+    LossPattern,
     TrainConfig,
     augment_queries,
     degraded_accuracy,
     erasure_patterns,
+    tolerated_patterns,
     train_classifier,
     train_learned_code,
     train_parity,
@@ -171,9 +173,13 @@ def test_r_parity_models_train_together_and_are_judged_on_every_erasure_pattern(
     result = train_parity(parities, f, Dataset(digits.train.x), digits.val, cfg, 3, encoder, decoder)
     assert result.history[-1].loss < result.history[0].loss
     report = degraded_accuracy(f, parities, digits.val, 3, encoder, decoder, seed=cfg.seed)
-    assert [e.erased for e in report.by_erasures] == [1, 2]
-    assert report.by_erasures[1].rebuilt == 2 * report.by_erasures[0].rebuilt  # 3 pairs x 2 slots vs 3 slots
-    mean_agreement = sum(e.agreement_with_f for e in report.by_erasures) / 2
+    assert [(e.erased, e.lost_parities) for e in report.by_erasures] == [(1, 0), (2, 0), (1, 1)]
+    one, two, one_from_one_parity = report.by_erasures
+    assert two.rebuilt == 2 * one.rebuilt  # 3 pairs x 2 slots vs 3 slots
+    # with one parity lost: parity 0 (all ones) rebuilds any slot, parity 1 (DCT row 1, zero on the middle slot)
+    # only the outer two: 5 of the 6 (slot, parity) patterns
+    assert one_from_one_parity.rebuilt == 5 * one.rebuilt // 3
+    mean_agreement = sum(e.agreement_with_f for e in report.by_erasures) / 3
     assert result.best_val_metric == pytest.approx(mean_agreement)
 
 
@@ -198,6 +204,25 @@ def test_erasure_patterns() -> None:
     assert erasure_patterns(3, 1) == [(0,), (1,), (2,)]
     assert erasure_patterns(3, 2) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
     assert erasure_patterns(2, 5) == [(0,), (1,), (0, 1)]
+
+
+def test_tolerated_patterns_add_lost_parities_where_the_decoder_still_rebuilds() -> None:
+    sum_code = get_code("sum").decoder(CodeShape(3))
+    assert tolerated_patterns(sum_code) == [LossPattern((0,)), LossPattern((1,)), LossPattern((2,))]
+    berrut = get_code("berrut").decoder(CodeShape(2, 2))
+    assert tolerated_patterns(berrut) == [
+        LossPattern((0,)),
+        LossPattern((1,)),
+        LossPattern((0, 1)),
+        LossPattern((0,), (0,)),
+        LossPattern((1,), (0,)),
+        LossPattern((0,), (1,)),
+        LossPattern((1,), (1,)),
+    ]
+    linear = get_code("linear").decoder(CodeShape(3, 2))  # DCT row 1 is zero on slot 1
+    assert LossPattern((1,), (0,)) not in tolerated_patterns(linear)
+    assert LossPattern((0,), (0,)) in tolerated_patterns(linear)
+    torch.testing.assert_close(LossPattern((1,), (0,)).available(3, 2), torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0]))
 
 
 def _shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

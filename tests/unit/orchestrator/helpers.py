@@ -108,9 +108,48 @@ class SubtractionDecoder:
     async def infer(self, inputs, output_names, on_outputs=None):
         self.calls += 1
         outputs = inputs[DECODER_OUTPUTS_INPUT]
-        available = inputs[DECODER_AVAILABLE_INPUT].reshape(-1, *([1] * (outputs.ndim - 1)))
+        available = inputs[DECODER_AVAILABLE_INPUT][: len(outputs)].reshape(-1, *([1] * (outputs.ndim - 1)))
         rebuilt = inputs[DECODER_PARITY_INPUT][0] - (available * outputs).sum(axis=0)
         return {DECODER_OUTPUT: available * outputs + (1 - available) * rebuilt}
+
+
+class LinearCodeEncoder:
+    """The encoder model of a linear code with weights [r, k]."""
+
+    name = "f_encoder"
+
+    def __init__(self, weights) -> None:
+        self.weights = np.asarray(weights, dtype=np.float32)
+
+    async def infer(self, inputs, output_names, on_outputs=None):
+        queries = inputs[ENCODER_INPUT]
+        parity = self.weights @ queries.reshape(len(queries), -1)
+        return {ENCODER_OUTPUT: parity.reshape(len(self.weights), *queries.shape[1:])}
+
+
+class LinearCodeDecoder:
+    """The decoder model of a linear code with weights [r, k], by the decoder contract: least squares for the erased
+    members over the rows of the parities flagged in ``available`` [k + r]; missing rows are NaN-proof."""
+
+    name = "f_decoder"
+
+    def __init__(self, weights) -> None:
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.calls = 0
+
+    async def infer(self, inputs, output_names, on_outputs=None):
+        self.calls += 1
+        r, k = self.weights.shape
+        outputs, parity = inputs[DECODER_OUTPUTS_INPUT], inputs[DECODER_PARITY_INPUT]
+        available = inputs[DECODER_AVAILABLE_INPUT] > 0.5
+        members, rows = np.flatnonzero(available[:k]), np.flatnonzero(available[k:])
+        erased = np.flatnonzero(~available[:k])
+        flat = outputs.reshape(k, -1).astype(np.float64)
+        residual = parity.reshape(r, -1)[rows] - self.weights[np.ix_(rows, members)] @ flat[members]
+        solved, *_ = np.linalg.lstsq(self.weights[np.ix_(rows, erased)], residual, rcond=None)
+        decoded = flat.copy()
+        decoded[erased] = solved
+        return {DECODER_OUTPUT: decoded.reshape(outputs.shape).astype(outputs.dtype)}
 
 
 class FailingTarget:
@@ -137,12 +176,12 @@ class Harness:
 
     inline = False
 
-    def __init__(self, f=None, parity=None, decoder=None, parities=None, **config) -> None:
+    def __init__(self, f=None, parity=None, decoder=None, parities=None, encoder=None, **config) -> None:
         self.f = f or LinearF()
         self.parity = parity or LinearF("f_parity")
         self.parities = parities or [self.parity]
         config.setdefault("parity_models", tuple(target.name for target in self.parities))
-        self.encoder = encoder = SumEncoder()
+        self.encoder = encoder = encoder or SumEncoder()
         if self.inline:
             config.setdefault("code_weights", ((1.0,) * config.get("k", 2),))
             self.encoder = encoder = FailingTarget("f_encoder")

@@ -156,5 +156,13 @@ def test_config_takes_inline_code_weights_instead_of_code_models():
         OrchestratorConfig.from_model_config(_model_config(k="3", code_weights="1,1"))
     with pytest.raises(ConfigError, match="encoder_model and decoder_model must be set"):
         OrchestratorConfig.from_model_config(_model_config(encoder_model=""))
+    with pytest.raises(ConfigError, match="encoder_model and decoder_model must be set"):
+        OrchestratorConfig.from_model_config(
+            _model_config(k="3", code_weights="1,1,1", inline_code="false", decoder_model="")
+        )
+    models = OrchestratorConfig.from_model_config(_model_config(k="3", code_weights="1,1,1", inline_code="False"))
+    assert models.code_weights == ((1.0, 1.0, 1.0),) and models.inline_code is False
+    with pytest.raises(ConfigError, match=r"inline_code.*cannot parse 'maybe'"):
+        OrchestratorConfig.from_model_config(_model_config(inline_code="maybe"))
     with pytest.raises(ConfigError, match=r"code_weights.*cannot parse"):
         OrchestratorConfig.from_model_config(_model_config(code_weights="1,one"))

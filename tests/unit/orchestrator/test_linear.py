@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from parm.backend.orchestrator import ConfigError
 from parm.backend.orchestrator.linear import decode, encode, parse_weights, solvable
-from parm.export.codes import SubtractionDecoder, SumEncoder
+from parm.export.codes import SubtractionDecoder, SumEncoder, availability
 from parm.export.linear_codes import LinearEncoder, LinearSystemDecoder, chebyshev_weights
 
 
@@ -38,7 +38,7 @@ def test_inline_code_matches_the_exported_modules_and_rebuilds_exactly(case) -> 
     arrived = [None if i in erased else outputs[i] for i in range(k)]
     rebuilt = decode(weights.astype(np.float64), parity, arrived)
     assert sorted(rebuilt) == erased
-    available = torch.tensor([0.0 if i in erased else 1.0 for i in range(k)])
+    available = availability(k, r, erased)
     module = LinearSystemDecoder(weights)(torch.from_numpy(parity), torch.from_numpy(outputs), available).numpy()
     for i in erased:
         assert rebuilt[i].dtype == np.float32 and rebuilt[i].shape == (batch, 10)
@@ -53,7 +53,8 @@ def test_sum_code_is_parm_subtraction() -> None:
     np.testing.assert_allclose(encode(ones, queries), SumEncoder(3)(torch.from_numpy(queries)).numpy(), rtol=1e-6)
     outputs = rng.normal(size=(3, 2, 5)).astype(np.float32)
     parity = rng.normal(size=(1, 2, 5)).astype(np.float32)  # any parity output, e.g. a trained model's
-    module = SubtractionDecoder(3)(torch.from_numpy(parity), torch.from_numpy(outputs), torch.tensor([1.0, 0.0, 1.0]))
+    available = availability(3, 1, [1])
+    module = SubtractionDecoder(3)(torch.from_numpy(parity), torch.from_numpy(outputs), available)
     rebuilt = decode(ones, parity, [outputs[0], None, outputs[2]])
     np.testing.assert_allclose(rebuilt[1], module.numpy()[1], rtol=1e-5, atol=1e-5)
     assert decode(ones, parity, list(outputs)) == {}
@@ -75,19 +76,31 @@ def test_solvable_asks_whether_the_given_parities_determine_the_erased_slots() -
 @settings(max_examples=60, deadline=None)
 @given(coded_groups(), st.data())
 def test_any_subset_of_parities_that_solves_the_erasures_rebuilds_them_exactly(case, data) -> None:
+    """In process and through the exported decoder module alike, whose ``available`` flags the arrived parities."""
     k, r, batch, erased, rng = case
     weights = chebyshev_weights(k, r).astype(np.float64)
     rows = sorted(data.draw(st.lists(st.integers(0, r - 1), min_size=1, max_size=r, unique=True)))
     outputs = rng.normal(size=(k, batch, 4)).astype(np.float32)
     parity = np.tensordot(weights[rows], outputs, axes=1).astype(np.float32)
     arrived = [None if i in erased else outputs[i] for i in range(k)]
+    module = LinearSystemDecoder(weights.astype(np.float32))
+    assert module.can_rebuild(erased, rows) == solvable(weights, rows, erased)
     if not solvable(weights, rows, erased):
         with pytest.raises(ValueError, match="cannot rebuild"):
             decode(weights[rows], parity, arrived)
         return
     rebuilt = decode(weights[rows], parity, arrived)
+    every_parity = np.full((r, batch, 4), np.nan, dtype=np.float32)  # a lost parity's rows must not be read
+    every_parity[rows] = parity
+    masked_outputs = outputs.copy()
+    masked_outputs[erased] = np.nan
+    lost = [j for j in range(r) if j not in rows]
+    exported = module(
+        torch.from_numpy(every_parity), torch.from_numpy(masked_outputs), availability(k, r, erased, lost)
+    ).numpy()
     for i in erased:
         np.testing.assert_allclose(rebuilt[i], outputs[i], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(exported[i], outputs[i], rtol=1e-3, atol=1e-3)
 
 
 def test_weights_parse_row_by_row() -> None:

@@ -65,8 +65,12 @@ class OrchestratorConfig:
     parity_cooldown_ms: float = 5000.0
     bls_threads: int = 64
     code_weights: tuple[tuple[float, ...], ...] = ()
-    """[r, k] weights of a linear code (ParM's sum: one row of ones) to encode and decode in process (``linear``)
-    instead of calling ``encoder_model`` and ``decoder_model``; empty: call the models."""
+    """[r, k] weights of a linear code (ParM's sum: one row of ones): they say which arrived parities solve which
+    erased members (``linear.solvable``), and with ``inline_code`` the orchestrator encodes and decodes in process
+    (``linear``) instead of calling ``encoder_model`` and ``decoder_model``. Empty: a code that is not linear; the
+    decoder model rebuilds e erased members from any e parities."""
+    inline_code: bool = True
+    """With ``code_weights``: encode and decode in process (True) or through the code models (False)."""
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -79,8 +83,10 @@ class OrchestratorConfig:
             shape = (len(self.code_weights), len(self.code_weights[0]))
             if shape != (self.r, self.k):
                 raise ConfigError(f"code_weights must be [r, k] = [{self.r}, {self.k}], got {list(shape)}")
-        elif not self.encoder_model or not self.decoder_model:
-            raise ConfigError("encoder_model and decoder_model must be set (or code_weights, for a linear code)")
+        if not (self.code_weights and self.inline_code) and not (self.encoder_model and self.decoder_model):
+            raise ConfigError(
+                "encoder_model and decoder_model must be set (or code_weights with inline_code, for a linear code)"
+            )
         if self.max_batch_size < 1:
             raise ConfigError(f"the coded endpoint needs max_batch_size >= 1, got {self.max_batch_size}")
         if not self.inputs or not self.outputs:
@@ -160,6 +166,8 @@ def _parse(key: str, annotation: str, text: str) -> object:
             return int(text)
         if annotation == "float":
             return float(text)
+        if annotation == "bool":
+            return _parse_bool(text)
         if annotation == "Scheme":
             return Scheme(text.strip().lower())
         if annotation == "ParityPolicy":
@@ -172,3 +180,12 @@ def _parse(key: str, annotation: str, text: str) -> object:
         return text.strip()
     except ValueError as error:
         raise ConfigError(f"parameter '{key}': cannot parse {text!r} ({error})") from error
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("true", "1", "yes"):
+        return True
+    if word in ("false", "0", "no"):
+        return False
+    raise ValueError("expected true or false")

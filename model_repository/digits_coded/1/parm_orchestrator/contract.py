@@ -6,9 +6,11 @@ one answer's shape, ``B`` the batch size of each member request, ``k`` members, 
 
 - encoder:  ``ENCODER_INPUT`` [k, B, *q]  ->  ``ENCODER_OUTPUT`` [r, B, *q]
 - parity model(s): F's own input and output names and shapes (ParM: same signature as F)
-- decoder:  ``DECODER_PARITY_INPUT`` [r, B, *o], ``DECODER_OUTPUTS_INPUT`` [k, B, *o] (erased slots hold any value),
-            ``DECODER_AVAILABLE_INPUT`` [k] (1.0 = arrived, 0.0 = erased)
-            ->  ``DECODER_OUTPUT`` [k, B, *o]: the members' outputs with erased slots filled in.
+- decoder:  ``DECODER_PARITY_INPUT`` [r, B, *o], ``DECODER_OUTPUTS_INPUT`` [k, B, *o] (missing rows of either hold
+            any value), ``DECODER_AVAILABLE_INPUT`` [k + r] (the k members, then the r parities: 1.0 = arrived,
+            0.0 = missing)
+            ->  ``DECODER_OUTPUT`` [k, B, *o]: the members' outputs with erased slots filled in, from whichever
+            parities arrived (the decoder model rebuilds e erased members from any e or more parities).
 
 The encoder is applied to each of F's inputs and the decoder to each of F's outputs, one tensor at a time.
 """

@@ -112,6 +112,8 @@ class CodedDispatcher:
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
         self._code_weights = np.array(config.code_weights, dtype=np.float64) if config.code_weights else None
+        self._inline = self._code_weights if config.inline_code else None
+        """The code's weights when it is encoded and decoded in process, else None (the code models run it)."""
         self.stats = DispatcherStats()
 
     @property
@@ -269,12 +271,12 @@ class CodedDispatcher:
         self._fail_unrecoverable(group)
 
     def _no_parity_reason(self) -> str | None:
-        """Why a group's parity cannot be sent now, or None when it can: enough parity models are out of their
-        cooldown (one, for a linear code decoded in process; all r for the decoder model, which needs every parity)."""
+        """Why a group's parity cannot be sent now, or None when it can: at least one parity model is out of its
+        cooldown (the parities that arrive rebuild what they can, ``CodingGroup.can_decode``)."""
         now = self._loop.time()
         r = len(self._breakers)
         down = sum(breaker.is_open(now) for breaker in self._breakers)
-        if down and (down == r or self._code_weights is None):
+        if down == r:
             which = "a parity model" if r == 1 else f"{down} of {r} parity models"
             return f"{which} failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
         if self._parity_in_flight >= self._config.max_parity_in_flight:
@@ -371,8 +373,8 @@ class CodedDispatcher:
         else through the encoder model."""
         names = list(group.slots[0].inputs)
         stacked = [np.stack([slot.inputs[name] for slot in group.slots]) for name in names]
-        if self._code_weights is not None:
-            return {name: linear.encode(self._code_weights, x) for name, x in zip(names, stacked, strict=True)}
+        if self._inline is not None:
+            return {name: linear.encode(self._inline, x) for name, x in zip(names, stacked, strict=True)}
         encoded = await asyncio.gather(*(self._encoder.infer({ENCODER_INPUT: x}, [ENCODER_OUTPUT]) for x in stacked))
         return {name: result[ENCODER_OUTPUT] for name, result in zip(names, encoded, strict=True)}
 
@@ -380,13 +382,13 @@ class CodedDispatcher:
         """Each output's rebuilt values [k, B, *o] (valid on the erased slots): in process for a linear code, else
         through the decoder model."""
         names = self._config.output_names
-        if self._code_weights is not None:
+        if self._inline is not None:
             decoded = {}
             rows = group.arrived_parities()  # a subset of the r parities may do (``CodingGroup.can_decode``)
             for name in names:
                 parity = np.stack([group.parity_outputs[j][name] for j in rows])
                 arrived = [None if slot.outputs is None else slot.outputs[name] for slot in group.slots]
-                rebuilt = linear.decode(self._code_weights[rows], parity, arrived)
+                rebuilt = linear.decode(self._inline[rows], parity, arrived)
                 template = np.zeros_like(parity[0])
                 decoded[name] = np.stack([rebuilt.get(i, template) for i in range(len(group.slots))])
             return decoded
@@ -429,16 +431,15 @@ class CodedDispatcher:
         self._try_decode(group)
 
     def _decoder_inputs(self, group: CodingGroup, name: str) -> Tensors:
-        parity = np.stack([outputs[name] for outputs in group.parity_outputs if outputs is not None])
-        template = np.zeros_like(parity[0])
+        """The decoder model's inputs for output ``name``: missing answers (members' or parities') are zeros, and
+        ``available`` [k + r] says which they are."""
+        answers = [slot.outputs for slot in group.slots] + group.parity_outputs
+        template = np.zeros_like(next(outputs for outputs in answers if outputs is not None)[name])
+        stacked = np.stack([template if outputs is None else outputs[name] for outputs in answers])
         return {
-            DECODER_PARITY_INPUT: parity,
-            DECODER_OUTPUTS_INPUT: np.stack(
-                [template if slot.outputs is None else slot.outputs[name] for slot in group.slots]
-            ),
-            DECODER_AVAILABLE_INPUT: np.array(
-                [0.0 if slot.outputs is None else 1.0 for slot in group.slots], dtype=np.float32
-            ),
+            DECODER_PARITY_INPUT: stacked[group.k :],
+            DECODER_OUTPUTS_INPUT: stacked[: group.k],
+            DECODER_AVAILABLE_INPUT: np.array([outputs is not None for outputs in answers], dtype=np.float32),
         }
 
     def _fail_unrecoverable(self, group: CodingGroup) -> None:

@@ -94,7 +94,8 @@ class CodingGroup:
     r: int
     weights: np.ndarray | None = None
     """The linear code's [r, k] weights when decoding runs in process: then the parities arrived so far suffice
-    whenever they solve the erased slots. None: the decoder model needs all r."""
+    whenever they solve the erased slots. None: the decoder model, which rebuilds e erased slots from any e
+    parities (the decoder contract, ``contract.py``)."""
     slots: list[Slot] = field(default_factory=list)
     parity_outputs: list[Tensors | None] = field(default_factory=list)
     parity_errors: dict[int, str] = field(default_factory=dict)
@@ -131,29 +132,29 @@ class CodingGroup:
         """Slots whose F output is not (yet) here: late or failed."""
         return [slot for slot in self.slots if slot.outputs is None]
 
+    def _solvable(self, parities: list[int], erased: list[int]) -> bool:
+        """The ``parities`` determine the ``erased`` slots: their rows span those columns (linear code in process),
+        or there are at least as many of them (decoder model)."""
+        if self.weights is None:
+            return len(erased) <= len(parities)
+        return linear.solvable(self.weights, parities, erased)
+
     def can_decode(self) -> bool:
-        """Missing outputs (at most r) can be rebuilt now: from every parity output (decoder model), or from the
-        parity outputs arrived so far when they solve the erased slots (linear code decoded in process)."""
+        """Missing outputs (at most r) can be rebuilt now, from the parity outputs arrived so far."""
         erased = [slot.index for slot in self.erased()]
         if not self.closed or not 1 <= len(erased) <= self.r:
             return False
-        if self.weights is None:
-            return len(self.arrived_parities()) == self.r
-        return linear.solvable(self.weights, self.arrived_parities(), erased)
+        return self._solvable(self.arrived_parities(), erased)
 
     def unrecoverable_reason(self) -> str | None:
         """Why this group can never rebuild a missing answer, or None while it still might."""
         if self.closed and not self.parity_sent and not self.parity_pending:
             return f"its coding group was closed without a parity ({self.no_parity_reason})"
-        if self.parity_errors and (self.weights is None or len(self.parity_errors) == self.r):
+        if len(self.parity_errors) == self.r:
             return f"the parity computation failed ({next(iter(self.parity_errors.values()))})"
         failed = [slot.index for slot in self.slots if slot.failure is not None]
-        if self.weights is None:
-            rebuildable = len(failed) <= self.r
-        else:
-            usable = [j for j in range(self.r) if j not in self.parity_errors]
-            rebuildable = linear.solvable(self.weights, usable, failed)
-        if not rebuildable:
+        usable = [j for j in range(self.r) if j not in self.parity_errors]
+        if not self._solvable(usable, failed):
             lost = f", {len(self.parity_errors)} of its {self.r} parities failed" if self.parity_errors else ""
             return f"{len(failed)} members of its coding group failed{lost}, and the code rebuilds at most {self.r}"
         return None
