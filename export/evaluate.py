@@ -70,9 +70,12 @@ DEFAULT_CODES = (
     "berrut:2",
     "berrut:3",
     "berrut:4",
+    "learned-conv:3:2",
+    "berrut:3:2",
 )
 """What ``parm eval`` compares by default: ParM (sum; at k = 4 also a parity model of twice F's width, 4x its
-cost; concatenation; r = 2 at k = 3 and 4), learned codes (MLP and convolutional encoders) and Berrut at k = 2..4."""
+cost; concatenation; r = 2 at k = 3 and 4), learned codes (MLP and convolutional encoders) and Berrut at k = 2..4,
+and at k = 3 with r = 2 a learned code and Berrut beside ParM's, each also with one parity lost."""
 BACKUP_CONFIG = TrainConfig(epochs=60, batch_size=64, lr=3e-3)
 
 
