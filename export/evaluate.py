@@ -48,7 +48,7 @@ from .pipeline import (
 )
 from .report import Report, ReportRow
 from .repository import read_config
-from .train import TrainConfig, degraded_accuracy, predict, train_classifier, train_distilled
+from .train import TrainConfig, degraded_accuracy, paired_gap_stderr, predict, train_classifier, train_distilled
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def baseline_rows(f: LoadedF, splits: DataSplits, seed: int, work_dir: Path, qui
             agreement_with_f=float(np.mean(f_test == default)),
             extra_per_query=0.0,
             note=f"always class {default}",
+            gap_stderr=_gap_stderr(f_test, np.full_like(f_test, default), labels),
         )
     ]
     cfg = dataclasses.replace(BACKUP_CONFIG, seed=seed)
@@ -167,9 +168,17 @@ def baseline_rows(f: LoadedF, splits: DataSplits, seed: int, work_dir: Path, qui
             extra_per_query=backup_macs / f_macs if f_macs else None,
             train_seconds=result.seconds,
             note=f"MLP 1x32, {sum(p.numel() for p in backup.parameters())} parameters",
+            gap_stderr=_gap_stderr(f_test, predicted, labels),
         )
     )
     return rows
+
+
+def _gap_stderr(f_predicted: np.ndarray, predicted: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """The gap's standard error for a baseline answering every query once in F's place."""
+    if labels is None:
+        return None
+    return paired_gap_stderr(torch.from_numpy(f_predicted == labels), torch.from_numpy(predicted == labels))
 
 
 def evaluate_codes(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class ReportRow:
     """(erased members, lost parities, accuracy, agreement with F) for every count the code tolerates."""
     train_seconds: float | None = None
     note: str = ""
+    gap_stderr: float | None = None
+    """Standard error of the gap to F, in points, paired per query (``train.paired_gap_stderr``)."""
 
     @classmethod
     def for_code(
@@ -53,6 +56,7 @@ class ReportRow:
             ),
             train_seconds=train_seconds,
             note=note,
+            gap_stderr=degraded.by_erasures[0].gap_stderr if degraded.by_erasures else None,
         )
 
 
@@ -87,7 +91,7 @@ class Report:
             f"F: {self.f_description}; data: {self.data_description}, {self.split} split ({self.queries} queries), "
             f"seed {self.seed}. F's accuracy with every answer available: **{f_acc}**.",
             "",
-            "| code | k | r | extra F-evals / query | degraded accuracy (1 rebuilt) | gap to F (points) "
+            "| code | k | r | extra F-evals / query | degraded accuracy (1 rebuilt) | gap to F (points, ± 95%) "
             "| agrees with F | more erasures | train s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -103,7 +107,7 @@ class Report:
                         "-" if row.r is None else str(row.r),
                         _cost(row.extra_per_query),
                         _pct(row.accuracy),
-                        "-" if gap is None else f"{gap:.2f}",
+                        _gap(gap, row.gap_stderr),
                         _pct(row.agreement_with_f),
                         more or "-",
                         "-" if row.train_seconds is None else f"{row.train_seconds:.0f}",
@@ -180,6 +184,14 @@ def _cost(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.3f}"
+
+
+def _gap(points: float | None, stderr: float | None) -> str:
+    if points is None:
+        return "-"
+    if stderr is None or math.isnan(stderr):
+        return f"{points:.2f}"
+    return f"{points:.2f} ± {1.96 * stderr:.2f}"
 
 
 def _erasure_label(erased: int, lost_parities: int) -> str:

@@ -124,6 +124,9 @@ class ErasureAccuracy:
     agreement_with_f: float
     rebuilt: int
     lost_parities: int = 0
+    gap_stderr: float | None = None
+    """Standard error, in points, of F's accuracy minus ``accuracy`` over the queries (``paired_gap_stderr``);
+    None without labels."""
 
 
 @dataclass(frozen=True)
@@ -648,6 +651,9 @@ def degraded_accuracy(
                 accuracy=None if labels is None else float((predicted == labels[index]).float().mean()),
                 agreement_with_f=float((predicted == f_argmax[index]).float().mean()),
                 rebuilt=len(index),
+                gap_stderr=None
+                if labels is None
+                else paired_gap_stderr(f_argmax == labels, predicted == labels[index], index),
             )
         )
     single = by_erasures[0]
@@ -658,6 +664,22 @@ def degraded_accuracy(
         erasures=single.rebuilt,
         by_erasures=tuple(by_erasures),
     )
+
+
+def paired_gap_stderr(f_correct: torch.Tensor, correct: torch.Tensor, index: torch.Tensor | None = None) -> float:
+    """Standard error, in points, of a mean accuracy gap paired per query: F's correctness on each query
+    (``f_correct`` [n]) minus the share of correct answers given in F's place for it (``correct``, one entry per
+    answer, for query ``index``; default: one answer per query). A test split of a few hundred queries puts this
+    near a point: differences smaller than about twice it are noise."""
+    index = torch.arange(len(f_correct)) if index is None else index
+    n = len(f_correct)
+    hits = torch.zeros(n, dtype=torch.float64).index_add_(0, index, correct.to(torch.float64))
+    counts = torch.zeros(n, dtype=torch.float64).index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
+    seen = counts > 0
+    difference = f_correct[seen].to(torch.float64) - hits[seen] / counts[seen]
+    if int(seen.sum()) < 2:
+        return float("nan")
+    return float(100 * difference.std() / math.sqrt(int(seen.sum())))
 
 
 def _batched(module: nn.Module, stacked: torch.Tensor, dim: int, batch_size: int = 1024) -> torch.Tensor:

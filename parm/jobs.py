@@ -15,6 +15,7 @@ from parm.export.data import load_digits_splits
 from parm.export.pipeline import DataSpec, ExportArtifacts, FSpec, run_export
 from parm.export.report import Report
 from parm.export.repository import CodedDeployment, write_repository
+from parm.export.train import ErasureAccuracy
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def export_repository(
         print(
             f"{code.label} degraded-mode test accuracy ({erased.erased} answer(s) rebuilt"
             f"{f', {erased.lost_parities} parity answer(s) lost' if erased.lost_parities else ''}): "
-            f"{_pct(erased.accuracy)} "
-            f"(agrees with F's own answer {_pct(erased.agreement_with_f)})"
+            f"{_pct(erased.accuracy)} (agrees with F's own answer {_pct(erased.agreement_with_f)}"
+            f"{_gap(accuracy.f_accuracy, erased)})"
         )
     print(f"Model repository written to {out} (training took {artifacts.train_seconds:.0f} s)")
     return artifacts, deployment
@@ -225,3 +226,10 @@ def demo(
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _gap(f_accuracy: float | None, erased: ErasureAccuracy) -> str:
+    """ ", gap to F x ± y points" (95% interval over the test queries), or "" without labels."""
+    if f_accuracy is None or erased.accuracy is None or erased.gap_stderr is None:
+        return ""
+    return f", gap to F {100 * (f_accuracy - erased.accuracy):.2f} ± {1.96 * erased.gap_stderr:.2f} points"

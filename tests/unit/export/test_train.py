@@ -23,6 +23,7 @@ from parm.export.train import (
     augment_queries,
     degraded_accuracy,
     erasure_patterns,
+    paired_gap_stderr,
     tolerated_patterns,
     train_classifier,
     train_learned_code,
@@ -302,3 +303,14 @@ def test_augmented_parity_training_is_reproducible_and_its_loss_falls(
     )
     assert onnx_run.history[0].loss == pytest.approx(result.history[0].loss, rel=1e-3)
     assert onnx_run.history[-1].loss < 0.7 * onnx_run.history[0].loss
+
+
+def test_paired_gap_stderr_pairs_each_query_with_f() -> None:
+    f_correct = torch.tensor([True, True, False, True])
+    # one answer per query: differences [0, 1, 0, 0], sample std 0.5, over sqrt(4) queries
+    assert paired_gap_stderr(f_correct, torch.tensor([True, False, False, True])) == pytest.approx(25.0)
+    # two answers per query, averaged per query first: differences [0, 0.5, 0, 0]
+    correct = torch.tensor([True, True, True, False, False, False, True, True])
+    index = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert paired_gap_stderr(f_correct, correct, index) == pytest.approx(12.5)
+    assert paired_gap_stderr(f_correct, f_correct) == 0.0  # the same answers: no uncertainty about a zero gap
