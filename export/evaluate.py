@@ -27,7 +27,8 @@ from google.protobuf import json_format
 from torch import nn
 
 from parm.backend.orchestrator.contract import CODED_SUFFIX
-from parm.backend.orchestrator.linear import parse_weights, solvable
+from parm.backend.orchestrator.groups import rebuildable
+from parm.backend.orchestrator.linear import parse_weights
 
 from .codes import get_code
 from .coding import CodeConfig, TrainedCode, train_code
@@ -254,9 +255,7 @@ class _OnnxDecoder(_OnnxCode):
         self.weights = np.array(parse_weights(weights), dtype=np.float64) if weights else None
 
     def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
-        if self.weights is None:
-            return 1 <= len(erased) <= len(parities)
-        return len(erased) >= 1 and solvable(self.weights, parities, erased)
+        return len(erased) >= 1 and rebuildable(self.weights, parities, erased)
 
 
 def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: int = 0) -> Report:

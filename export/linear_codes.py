@@ -8,7 +8,7 @@ which keeps the decoder's solve well conditioned in float32 (a Vandermonde matri
 k = 4, r = 3); and any e <= r columns are a polynomial basis of degree < r at distinct nodes, hence of full column
 rank: any e <= r erasures can be rebuilt. With parities lost, e erasures are rebuilt when the rows that arrived span
 their columns, which they need not (k = 3: row 1 is zero on the middle slot); ``LinearSystemDecoder.can_rebuild`` and
-the orchestrator's ``linear.solvable`` check exactly that.
+the orchestrator check exactly that (``groups.rebuildable``).
 
 The decoder is written with fixed-size torch operations only (no ``torch.linalg``: ONNX opset 17 has no solve or
 inverse) so it exports to ONNX and runs on any Triton: it forms the normal equations of the erased unknowns,
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from parm.backend.orchestrator import linear
+from parm.backend.orchestrator.groups import rebuildable
 
 from .codes import Code, Decoder, Encoder, ParityKind, erased_mask, parity_mask, register_code
 
@@ -92,8 +92,8 @@ class LinearSystemDecoder(Decoder):
         self.register_buffer("eye", torch.eye(self.k))
 
     def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
-        """The arrived parities' rows span the erased columns (the orchestrator's in-process rule, ``solvable``)."""
-        return len(erased) >= 1 and linear.solvable(self.weights.numpy(), parities, erased)
+        """The arrived parities' rows span the erased columns (``groups.rebuildable`` with this code's weights)."""
+        return len(erased) >= 1 and rebuildable(self.weights.numpy(), parities, erased)
 
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         mask = erased_mask(available, outputs)

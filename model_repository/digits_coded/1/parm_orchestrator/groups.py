@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -85,6 +85,16 @@ class Slot:
         return self.member is None
 
 
+def rebuildable(weights: np.ndarray | None, parities: Sequence[int], erased: Sequence[int]) -> bool:
+    """Whether the answers of the ``parities`` determine the ``erased`` members: for a linear code with [r, k]
+    ``weights``, their rows span those columns (``linear.solvable``); without weights (a decoder network, by the
+    decoder contract), there are at least as many of them. The one rule for the orchestrator, the exported decoders
+    and the accuracy report."""
+    if weights is None:
+        return len(erased) <= len(parities)
+    return linear.solvable(weights, parities, erased)
+
+
 @dataclass(eq=False)
 class CodingGroup:
     """k slots coded together into r parity queries."""
@@ -132,19 +142,12 @@ class CodingGroup:
         """Slots whose F output is not (yet) here: late or failed."""
         return [slot for slot in self.slots if slot.outputs is None]
 
-    def _solvable(self, parities: list[int], erased: list[int]) -> bool:
-        """The ``parities`` determine the ``erased`` slots: their rows span those columns (linear code in process),
-        or there are at least as many of them (decoder model)."""
-        if self.weights is None:
-            return len(erased) <= len(parities)
-        return linear.solvable(self.weights, parities, erased)
-
     def can_decode(self) -> bool:
         """Missing outputs (at most r) can be rebuilt now, from the parity outputs arrived so far."""
         erased = [slot.index for slot in self.erased()]
         if not self.closed or not 1 <= len(erased) <= self.r:
             return False
-        return self._solvable(self.arrived_parities(), erased)
+        return rebuildable(self.weights, self.arrived_parities(), erased)
 
     def unrecoverable_reason(self) -> str | None:
         """Why this group can never rebuild a missing answer, or None while it still might."""
@@ -154,7 +157,7 @@ class CodingGroup:
             return f"the parity computation failed ({next(iter(self.parity_errors.values()))})"
         failed = [slot.index for slot in self.slots if slot.failure is not None]
         usable = [j for j in range(self.r) if j not in self.parity_errors]
-        if not self._solvable(usable, failed):
+        if not rebuildable(self.weights, usable, failed):
             lost = f", {len(self.parity_errors)} of its {self.r} parities failed" if self.parity_errors else ""
             return f"{len(failed)} members of its coding group failed{lost}, and the code rebuilds at most {self.r}"
         return None
