@@ -65,6 +65,9 @@ def test_onnx_only_f_exports_a_complete_repository(
     (row,) = report.rows
     assert (row.k, row.r) == (code.k, code.r) and 0.0 <= row.agreement_with_f <= 1.0
     assert report.queries == 24
+    # what the served decoder rebuilds, lost parities included when r = 2 (its code_weights say which)
+    patterns = [(erased, lost) for erased, lost, _, _ in row.by_erasures]
+    assert patterns == ([(1, 0), (2, 0), (1, 1)] if code.r == 2 else [(1, 0)])
 
 
 def test_learned_code_refuses_an_onnx_only_f(user_files: tuple[Path, Path], tmp_path: Path, capsys) -> None:
