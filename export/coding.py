@@ -204,10 +204,11 @@ def train_code(
         elif code.trainable:
             if not f.differentiable:
                 raise ValueError(
-                    f"{config.label}: a learned code trains through F, and F ({f.description}) is ONNX-only; "
-                    "give F as a TorchScript file or a torch module, or choose a ParM code or berrut"
+                    f"{config.label}: a learned code trains through F, and F ({f.description}) cannot run as torch "
+                    f"operations ({f.graph_error}); give F as a TorchScript file or a torch module, or choose a ParM "
+                    "code or berrut"
                 )
-            trained.result = train_learned_code(encoder, decoder, f.module, train, val, cfg, checkpoint)
+            trained.result = train_learned_code(encoder, decoder, f.trainable_module, train, val, cfg, checkpoint)
     # a reloaded checkpoint reports the training time it took when it was trained
     trained.train_seconds = trained.result.seconds if trained.result is not None else time.perf_counter() - started
     logger.info("%s: trained in %.1f s", config.label, trained.train_seconds)

@@ -12,6 +12,10 @@ model for it, by this documented rule:
 - an ONNX-only F: no torch architecture exists, so a configurable family: ``cnn`` (``models.FamilyCNN``) for image
   queries [C, H, W], ``mlp`` (``models.FamilyMLP``) otherwise, widened by ``width``.
 
+A learned code trains through F: a torch or TorchScript F as it is, an ONNX F as its graph run by torch operations
+(``onnx_graph``: common CNN and MLP operators, checked against onnxruntime on the sample; any other graph is refused
+for learned codes, with the operators named). Serving always runs F's own file.
+
 F's answers on the training sample are computed once (``train.predict``) and cached for all of ParM's training, as
 ParM does, so an ONNX F costs one onnxruntime pass over the sample.
 """
@@ -40,8 +44,11 @@ from parm.backend.orchestrator import TensorSpec
 from .data import Dataset
 from .errors import ExportError
 from .models import build_family_model, build_parity_model
+from .onnx_graph import UnsupportedOnnxError, convert_checked
 
 DEFAULT_OUTPUT_NAME = "output"
+GRAPH_CHECK_QUERIES = 64
+"""Sample queries on which an ONNX F's torch version must answer as onnxruntime does before it is trained through."""
 
 
 class FSourceError(ExportError, ValueError):
@@ -101,10 +108,23 @@ class LoadedF:
     description: str
     onnx_file: Path | None = None
     """The user's own ONNX file, served as it is (torch and TorchScript F are exported to ONNX instead)."""
+    graph_module: nn.Module | None = None
+    """An ONNX F's graph as torch operations (``onnx_graph``), checked against onnxruntime: what a learned code
+    trains through. None for other sources, or when the graph could not be converted (``graph_error`` says why)."""
+    graph_error: str = ""
 
     @property
     def differentiable(self) -> bool:
-        return self.source is not FSource.ONNX
+        return self.source is not FSource.ONNX or self.graph_module is not None
+
+    @property
+    def trainable_module(self) -> nn.Module:
+        """F as a differentiable torch module, for training through it (learned codes); F's weights stay frozen."""
+        if self.source is not FSource.ONNX:
+            return self.module
+        if self.graph_module is None:
+            raise FSourceError(f"{self.description} cannot run as torch operations: {self.graph_error}")
+        return self.graph_module
 
     @property
     def output_size(self) -> int:
@@ -191,6 +211,10 @@ def load_onnx_f(path: Path, sample: Dataset) -> LoadedF:
     output = _output_spec(module, out_name, sample, str(path))
     if any(d not in (-1, o) for d, o in zip(out_dims, output.dims, strict=False)) or len(out_dims) != len(output.dims):
         raise FSourceError(f"{path}: graph output {out_dims} disagrees with F's answer {list(output.dims)}")
+    try:
+        graph_module, graph_error = convert_checked(path, module, sample.x[:GRAPH_CHECK_QUERIES]), ""
+    except UnsupportedOnnxError as error:
+        graph_module, graph_error = None, str(error)
     return LoadedF(
         module=module,
         input=TensorSpec(in_name, np.dtype(np.float32), query_shape),
@@ -198,6 +222,8 @@ def load_onnx_f(path: Path, sample: Dataset) -> LoadedF:
         source=FSource.ONNX,
         description=f"ONNX file {path.name}",
         onnx_file=path,
+        graph_module=graph_module,
+        graph_error=graph_error,
     )
 
 

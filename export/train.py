@@ -556,12 +556,13 @@ def train_learned_code(
     lost parities, so the decoder learns to rebuild from the parities that arrived); the r parity queries go through
     F (its weights frozen, gradients flowing to the encoder), the decoder rebuilds the erased slots, and the loss is
     the MSE between rebuilt and F's own outputs on the erased slots only. Kept by validation agreement with F.
-    F must be a differentiable torch module (a torch or TorchScript F; an ONNX-only F cannot train a learned code).
+    F must be a differentiable torch module: a torch or TorchScript F, or an ONNX F's graph run by torch operations
+    (``LoadedF.trainable_module``).
     """
     k, r = encoder.k, encoder.r
     _check_k(k, decoder)
     if getattr(f_model, "differentiable", True) is False:
-        raise ValueError("a learned code trains through F: F must be a torch or TorchScript module, not ONNX-only")
+        raise ValueError("a learned code trains through F: F must run as torch operations, not in onnxruntime")
     for parameter in f_model.parameters():
         parameter.requires_grad_(False)
     f_model.eval()

@@ -41,6 +41,7 @@ def user_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         (CodeConfig("concat", 2), "my_model_parity", [2, -1, 1, 8, 8]),
         (CodeConfig("linear", 3, 2), "my_model_parity_0,my_model_parity_1", [3, -1, 1, 8, 8]),
         (CodeConfig("berrut", 3, 1), "my_model", [3, -1, 1, 8, 8]),
+        (CodeConfig("learned", 2, 1), "my_model", [2, -1, 1, 8, 8]),  # trained through F's graph run by torch
     ],
 )
 def test_onnx_only_f_exports_a_complete_repository(
@@ -70,8 +71,24 @@ def test_onnx_only_f_exports_a_complete_repository(
     assert patterns == ([(1, 0), (2, 0), (1, 1)] if code.r == 2 else [(1, 0)])
 
 
-def test_learned_code_refuses_an_onnx_only_f(user_files: tuple[Path, Path], tmp_path: Path, capsys) -> None:
-    onnx_file, queries = user_files
+class ErfF(torch.nn.Module):
+    """An F whose graph has an operator ``onnx_graph`` does not implement (Erf)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(self.linear(x.flatten(1)))
+
+
+def test_learned_code_refuses_an_onnx_f_it_cannot_train_through(
+    user_files: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, queries = user_files
+    onnx_file = export_onnx(
+        ErfF().eval(), (torch.rand(2, 1, 8, 8),), ["x"], ["y"], {"x": {0: "b"}, "y": {0: "b"}}, tmp_path / "erf.onnx"
+    )
     args = argparse.Namespace(
         command="export",
         f_source=str(onnx_file),
@@ -95,7 +112,9 @@ def test_learned_code_refuses_an_onnx_only_f(user_files: tuple[Path, Path], tmp_
         name=None,
     )
     assert run_offline_command(args) == 2
-    assert "F (ONNX file my_model.onnx) is ONNX-only" in capsys.readouterr().err
+    assert (
+        "F (ONNX file erf.onnx) cannot run as torch operations (erf.onnx: operators ['Erf']" in capsys.readouterr().err
+    )
     args.code, args.k = "concat", 3
     assert run_offline_command(args) == 2
     assert "defined for k in [2, 4]" in capsys.readouterr().err

@@ -34,7 +34,8 @@ def test_onnx_f_signature_comes_from_the_graph(digits_f: DigitsCNN, tmp_path: Pa
         tmp_path / "mine.onnx",
     )
     f = load_f(str(path), SAMPLE)
-    assert f.source is FSource.ONNX and not f.differentiable and f.onnx_file == path
+    assert f.source is FSource.ONNX and f.onnx_file == path
+    assert f.differentiable and f.trainable_module is f.graph_module  # its graph, run by torch, checked against ORT
     assert (f.input.name, f.input.dims, f.output.name, f.output.dims) == ("pixels", (1, 8, 8), "scores", (10,))
     assert isinstance(f.module, OnnxModule)
     x = torch.rand(5, 1, 8, 8)
