@@ -66,10 +66,9 @@ class Decoder(nn.Module, abc.ABC):
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor: ...
 
     def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
-        """Whether the answers of the ``parities`` that arrived determine the ``erased`` members (at least one):
-        the orchestrator's rule (``groups.rebuildable``); here, as for an MDS code, whenever there are at least as
-        many of them."""
-        return len(erased) >= 1 and rebuildable(None, parities, erased)
+        """Whether the answers of the ``parities`` that arrived determine the ``erased`` members: the orchestrator's
+        rule (``groups.rebuildable``); here, as for an MDS code, whenever there are at least as many of them."""
+        return rebuildable(None, parities, erased)
 
 
 def erased_mask(available: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -255,7 +255,7 @@ class _OnnxDecoder(_OnnxCode):
         self.weights = np.array(parse_weights(weights), dtype=np.float64) if weights else None
 
     def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
-        return len(erased) >= 1 and rebuildable(self.weights, parities, erased)
+        return rebuildable(self.weights, parities, erased)
 
 
 def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: int = 0) -> Report:

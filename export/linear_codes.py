@@ -93,7 +93,7 @@ class LinearSystemDecoder(Decoder):
 
     def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
         """The arrived parities' rows span the erased columns (``groups.rebuildable`` with this code's weights)."""
-        return len(erased) >= 1 and rebuildable(self.weights.numpy(), parities, erased)
+        return rebuildable(self.weights.numpy(), parities, erased)
 
     def forward(self, parity_outputs: torch.Tensor, outputs: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         mask = erased_mask(available, outputs)

@@ -24,7 +24,11 @@ from torch.nn import functional
 from .errors import ExportError
 
 Attrs = dict[str, Any]
-Op = Callable[[list[torch.Tensor | None], Attrs], torch.Tensor | list[torch.Tensor]]
+OPSET = "__opset__"
+"""Key under which each node's attributes carry the graph's opset version (some operators changed meaning)."""
+Op = Callable[[list[torch.Tensor | None], Attrs], torch.Tensor]
+"""One operator: its inputs (None where the node leaves an optional input out) and attributes -> its first output
+(the only one the graphs here consume: Dropout's optional mask is never read in inference graphs)."""
 
 
 class UnsupportedOnnxError(ExportError, ValueError):
@@ -102,8 +106,9 @@ def _reshape(inputs: list[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:
 
 def _flatten(inputs: list[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:
     x = inputs[0]
-    axis = int(attrs.get("axis", 1)) % max(x.dim(), 1)
-    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    axis = int(attrs.get("axis", 1))
+    axis = axis + x.dim() if axis < 0 else axis  # axis == rank is valid: [N, 1]
+    return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
 
 
 def _axes(inputs: list[torch.Tensor | None], attrs: Attrs) -> list[int]:
@@ -132,9 +137,14 @@ def _squeeze(inputs: list[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:
 
 
 def _softmax(log: bool) -> Op:
+    """Softmax over ``axis`` (opset >= 13); before opset 13, over every axis from ``axis`` on, as one (default 1)."""
+
     def run(inputs: list[torch.Tensor | None], attrs: Attrs) -> torch.Tensor:
-        axis = int(attrs.get("axis", -1))
-        return (functional.log_softmax if log else functional.softmax)(inputs[0], dim=axis)
+        x, softmax = inputs[0], functional.log_softmax if log else functional.softmax
+        if attrs[OPSET] >= 13:
+            return softmax(x, dim=int(attrs.get("axis", -1)))
+        flat = _flatten([x], {"axis": int(attrs.get("axis", 1))})
+        return softmax(flat, dim=1).reshape(x.shape)
 
     return run
 
@@ -225,12 +235,13 @@ class OnnxGraphModule(nn.Module):
         if len(inputs) != 1 or len(graph.output) != 1:
             raise UnsupportedOnnxError(f"{Path(path).name}: needs one input and one output")
         self.input_name, self.output_name = inputs[0], graph.output[0].name
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self._nodes = [
             (
                 node.op_type,
                 list(node.input),
-                list(node.output),
-                {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute},
+                node.output[0],
+                {OPSET: opset, **{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}},
             )
             for node in graph.node
             if node.op_type != "Constant"
@@ -243,11 +254,8 @@ class OnnxGraphModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {self.input_name: x}
         values.update({name: getattr(self, buffer) for name, buffer in self._constants.items()})
-        for op_type, inputs, outputs, attrs in self._nodes:
-            args = [values[name] if name else None for name in inputs]
-            result = _OPS[op_type](args, attrs)
-            for name, value in zip(outputs, result if isinstance(result, list) else [result], strict=False):
-                values[name] = value
+        for op_type, inputs, output, attrs in self._nodes:
+            values[output] = _OPS[op_type]([values[name] if name else None for name in inputs], attrs)
         return values[self.output_name]
 
 
@@ -255,11 +263,19 @@ def convert_checked(
     path: Path, reference: Callable[[torch.Tensor], torch.Tensor], queries: Sequence[np.ndarray]
 ) -> nn.Module:
     """``OnnxGraphModule`` for ``path``, after checking that it answers ``queries`` as ``reference`` (onnxruntime)
-    does, to float tolerance; raises ``UnsupportedOnnxError`` otherwise."""
-    module = OnnxGraphModule(path).eval()
+    does, to float tolerance; raises ``UnsupportedOnnxError`` otherwise, whatever went wrong (an ONNX F that cannot
+    be converted still serves, and trains every code but the learned ones)."""
     x = torch.from_numpy(np.asarray(queries, dtype=np.float32))
-    with torch.no_grad():
-        mine, theirs = module(x), reference(x)
+    try:
+        module = OnnxGraphModule(path).eval()
+        with torch.no_grad():
+            mine, theirs = module(x), reference(x)
+    except UnsupportedOnnxError:
+        raise
+    except Exception as error:  # an operator setting the interpreter does not handle: refuse, do not crash the load
+        raise UnsupportedOnnxError(
+            f"{Path(path).name}: its torch version failed ({type(error).__name__}: {error})"
+        ) from error
     if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-3, atol=1e-4):
         raise UnsupportedOnnxError(f"{Path(path).name}: its torch version does not answer as onnxruntime does")
     return module

@@ -104,7 +104,13 @@ def test_a_conversion_that_disagrees_with_onnxruntime_is_refused(tmp_path: Path)
 
 
 def _single_node(
-    op_type: str, extra: dict[str, np.ndarray], attrs: dict, shape: list[int], out_shape: list[int], tmp_path: Path
+    op_type: str,
+    extra: dict[str, np.ndarray],
+    attrs: dict,
+    shape: list[int],
+    out_shape: list[int],
+    tmp_path: Path,
+    opset: int = 17,
 ) -> Path:
     node = helper.make_node(op_type, ["x", *extra], ["y"], **attrs)
     graph = helper.make_graph(
@@ -114,8 +120,8 @@ def _single_node(
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", *out_shape])],
         initializer=[onnx.numpy_helper.from_array(value, name) for name, value in extra.items()],
     )
-    path = tmp_path / f"{op_type}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = tmp_path / f"{op_type}-{opset}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
     return path
 
 
@@ -133,7 +139,8 @@ SINGLE_NODES = {
         [3, 4, 4],
     ),
     "Transpose": ({}, {"perm": [0, 2, 1]}, [3, 4], [4, 3]),
-    "Softmax": ({}, {"axis": 1}, [5], [5]),
+    "Softmax": ({}, {"axis": 1}, [3, 5], [3, 5]),
+    "Flatten": ({}, {"axis": 3}, [2, 3], [6]),  # axis == rank: [N, 1 * ...]
     "Relu": ({}, {}, [5], [5]),
     "Mul": ({"w": RNG.random(5, dtype=np.float32)}, {}, [5], [5]),
     "Add": ({"w": RNG.random(5, dtype=np.float32)}, {}, [5], [5]),
@@ -144,9 +151,30 @@ SINGLE_NODES = {
 }
 
 
+@pytest.mark.parametrize("opset", [11, 17])
 @pytest.mark.parametrize("op_type", sorted(SINGLE_NODES))
-def test_single_operators_answer_as_onnxruntime(op_type: str, tmp_path: Path) -> None:
+def test_single_operators_answer_as_onnxruntime(op_type: str, opset: int, tmp_path: Path) -> None:
+    """At opset 11 too, where Softmax normalised over every axis from ``axis`` on."""
     extra, attrs, shape, out_shape = SINGLE_NODES[op_type]
-    path = _single_node(op_type, extra, attrs, shape, out_shape, tmp_path)
+    path = _single_node(op_type, extra, attrs, shape, out_shape, tmp_path, opset)
     queries = np.random.default_rng(2).normal(size=(4, *shape)).astype(np.float32)
     convert_checked(path, OnnxModule(path), queries)
+
+
+def test_a_graph_the_interpreter_fails_on_is_refused_not_crashed(tmp_path: Path) -> None:
+    """Dropout's mask output, read by a later node: the interpreter keeps first outputs only."""
+    nodes = [
+        helper.make_node("Dropout", ["x"], ["y0", "mask"]),
+        helper.make_node("Cast", ["mask"], ["y"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
+    )
+    path = tmp_path / "mask.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    queries = np.ones((3, 4), dtype=np.float32)
+    with pytest.raises(UnsupportedOnnxError, match="its torch version failed \\(KeyError"):
+        convert_checked(path, OnnxModule(path), queries)
