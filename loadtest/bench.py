@@ -384,7 +384,9 @@ def _window(scenario: Scenario, start_s: float, end_s: float) -> Scenario:
 def merge_parts(parts: Sequence[tuple[float, RunResult]]) -> RunResult:
     """One cell's slices as one run: records renumbered, scheduled/sent times on the cell's own timeline."""
     records = []
+    pauses = []
     for start, part in parts:
+        pauses += [dataclasses.replace(p, at_s=p.at_s + start) for p in part.gc_pauses]
         for record in part.records:
             records.append(
                 dataclasses.replace(
@@ -402,6 +404,7 @@ def merge_parts(parts: Sequence[tuple[float, RunResult]]) -> RunResult:
         max_send_lag_s=max(p.max_send_lag_s for _, p in parts),
         wall_s=sum(p.wall_s for _, p in parts),
         unfinished=sum(p.unfinished for _, p in parts),
+        gc_pauses=pauses,
     )
 
 
@@ -533,6 +536,8 @@ class Bench:
             slow_ms=self.config.slow_ms,
             cpu_s=cell.cpu_s,
             cpu_wall_s=cell.cpu_wall_s,
+            cpus=os.cpu_count(),
+            rounds=[part for _, part in cell.parts],
         )
         return cell.stats
 
@@ -697,6 +702,15 @@ def write_outputs(
                 record["planned_at_s"] = round(entry.planned_at_s + offset, 4)
                 record["duration_s"] = entry.duration_s
                 f.write(json.dumps(record) + "\n")
+    files["generator_gc"] = out / "generator_gc.csv"
+    with open(files["generator_gc"], "w") as f:
+        f.write("rate,scenario,scheme,at_s,duration_ms,generation\n")
+        for c in measured:
+            for pause in c.result.gc_pauses if c.result is not None else ():
+                f.write(
+                    f"{c.rate:g},{c.scenario.name},{c.scheme.name},{pause.at_s:.4f},"
+                    f"{1000 * pause.duration_s:.3f},{pause.generation}\n"
+                )
     for rate in sorted({c.rate for c in measured}):
         name = "cdf.png" if rate == config.rate else f"cdf_rate{rate:g}.png"
         chosen = [(c.scenario.name, c.scheme.name, c.result) for c in measured if c.rate == rate and c.result]

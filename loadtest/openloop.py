@@ -3,7 +3,14 @@
 Open loop means the schedule never waits for answers: request i is sent at its arrival time whatever happened to
 requests before it, so a slow answer cannot hold back the requests behind it (no coordinated omission). Latency is
 measured from the *scheduled* send time, so even a generator that falls behind its schedule cannot hide a stall; how
-far it fell behind is recorded too (``RunResult.max_send_lag_s``).
+far it fell behind is recorded too (``RequestRecord.sent``), and so are the generator's own garbage-collection pauses
+(``RunResult.gc_pauses``), the one thing in this process that stops its event loop for long.
+
+The generator shares its process with the benchmark's other work (torch, onnxruntime, the records of earlier cells:
+a few hundred thousand objects), so one full collection of Python's cyclic garbage collector stops the loop for 100
+to 250 ms on a small CPU, and its sends fall behind schedule for that long. ``run_open_loop`` therefore collects and
+*freezes* everything that exists before a run (``gc.freeze``): collections during the run only look at the objects
+the run itself made, and take well under a millisecond.
 
 Each request's outcome is recorded: latency, error, whether the answer was rebuilt (the coded endpoint's
 ``parm_reconstructed`` output) and which class it predicts. ``hedge_delay_s`` turns a plain call into a hedged one:
@@ -16,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +70,53 @@ class RequestRecord:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class GcPause:
+    """One collection of Python's garbage collector in the generator's process, during a run."""
+
+    at_s: float
+    """Start, seconds from the run's start."""
+    duration_s: float
+    generation: int
+
+
+class _GcWatch:
+    """Times the collections that happen while it is installed (``gc.callbacks``): each stops the event loop."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self._pauses: list[tuple[float, float, int]] = []
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        now = time.monotonic()
+        if phase == "start":
+            self._started = now
+        elif self._started is not None:
+            self._pauses.append((self._started, now - self._started, info["generation"]))
+            self._started = None
+
+    def since(self, t0: float) -> list[GcPause]:
+        """The pauses recorded so far, timed from ``t0`` (``time.monotonic``, the event loop's clock)."""
+        return [GcPause(start - t0, duration, generation) for start, duration, generation in self._pauses]
+
+
+@contextlib.contextmanager
+def generator_gc(freeze: bool) -> Iterator[_GcWatch]:
+    """Records the collections of a run; with ``freeze``, first collects and freezes every object that already
+    exists, so that collections during the run skip them (see the module docstring)."""
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    watch = _GcWatch()
+    gc.callbacks.append(watch)
+    try:
+        yield watch
+    finally:
+        gc.callbacks.remove(watch)
+        if freeze:
+            gc.unfreeze()
+
+
 @dataclass
 class RunResult:
     """Every request of one open-loop run, and what the generator itself did."""
@@ -76,6 +131,8 @@ class RunResult:
     wall_s: float = 0.0
     unfinished: int = 0
     """Requests still unanswered when the drain timeout ran out (they count as errors)."""
+    gc_pauses: list[GcPause] = field(default_factory=list)
+    """The generator's garbage collections during the run."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -201,11 +258,12 @@ async def run_open_loop(
     seed: int = 0,
     hedge_delay_s: float | None = None,
     drain_timeout_s: float = 30.0,
+    freeze_gc: bool = True,
 ) -> RunResult:
     """Sends ``queries`` (one row per request, drawn at random with ``seed``) at the ``arrivals`` times.
 
     Returns after every request has been answered (or ``drain_timeout_s`` after the last send: the rest count as
-    unfinished errors). ``client`` must be entered (``async with``).
+    unfinished errors). ``client`` must be entered (``async with``). ``freeze_gc``: see the module docstring.
     """
     loop = asyncio.get_running_loop()
     rng = np.random.default_rng(seed)
@@ -213,29 +271,17 @@ async def run_open_loop(
     records = [RequestRecord(i, int(rows[i]), float(t)) for i, t in enumerate(arrivals)]
     tasks: list[asyncio.Task] = []
     max_lag = 0.0
-    t0 = loop.time()
-    started_wall = time.time()
-    for record in records:
-        delay = t0 + record.scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        max_lag = max(max_lag, loop.time() - t0 - record.scheduled)
-        x = queries[record.query : record.query + 1]
-        tasks.append(asyncio.create_task(_one(client, record, x, t0, hedge_delay_s)))
-    unfinished = 0
-    if tasks:
-        _, still = await asyncio.wait(tasks, timeout=drain_timeout_s)
-        unfinished = len(still)
-        for task in still:
-            task.cancel()
-        await asyncio.gather(*still, return_exceptions=True)
-    stragglers = [copy for task in tasks if not task.cancelled() and task.exception() is None for copy in task.result()]
-    if stragglers:  # losing hedged copies: let them finish so each is counted as answered
-        _, late = await asyncio.wait(stragglers, timeout=drain_timeout_s)
-        for task in late:
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*stragglers, return_exceptions=True)
+    with generator_gc(freeze_gc) as watch:
+        t0 = loop.time()
+        started_wall = time.time()
+        for record in records:
+            delay = t0 + record.scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            max_lag = max(max_lag, loop.time() - t0 - record.scheduled)
+            x = queries[record.query : record.query + 1]
+            tasks.append(asyncio.create_task(_one(client, record, x, t0, hedge_delay_s)))
+        unfinished = await _drain(tasks, drain_timeout_s)
     for record in records:
         if not record.ok and record.error is None:
             record.error = "unfinished: no answer within the drain timeout"
@@ -249,4 +295,24 @@ async def run_open_loop(
         max_send_lag_s=max_lag,
         wall_s=loop.time() - t0,
         unfinished=unfinished,
+        gc_pauses=watch.since(t0),
     )
+
+
+async def _drain(tasks: Sequence[asyncio.Task], timeout_s: float) -> int:
+    """Waits for every request (then for losing hedged copies, so each is counted as answered); returns how many
+    requests were still unanswered after ``timeout_s`` (they are cancelled)."""
+    if not tasks:
+        return 0
+    _, still = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in still:
+        task.cancel()
+    await asyncio.gather(*still, return_exceptions=True)
+    stragglers = [copy for task in tasks if not task.cancelled() and task.exception() is None for copy in task.result()]
+    if stragglers:
+        _, late = await asyncio.wait(stragglers, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*stragglers, return_exceptions=True)
+    return len(still)
