@@ -25,9 +25,10 @@ class ParityPolicy(Enum):
     """As soon as the group closes (ParM): a rebuild is ready as early as possible, and every group costs 1/k of
     an F call on the parity models."""
     ON_DEMAND = "on_demand"
-    """Only if a member is still unanswered when its rebuild becomes allowed (``decode_after``), or its F call
-    failed: groups whose members all answer in time (most of them) cost nothing; a rebuild arrives one parity
-    computation later. For parity models that share hardware with F."""
+    """Only if a member is still unanswered when its rebuild becomes allowed (``decode_after``) and is a straggler
+    or within the parity budget (``budget``), or its F call failed: groups whose members all answer in time (most
+    of them) cost nothing; a rebuild arrives one parity computation later. For parity models that share hardware
+    with F."""
 
 
 RELOAD_PARAMETER = "parm_reload"
@@ -62,6 +63,13 @@ class OrchestratorConfig:
     filler_cache_size: int = 64
     max_in_flight: int = 1024
     max_parity_in_flight: int = 8
+    parity_budget: float = 0.1
+    """On-demand parities per request, on average, for late members that are not known stragglers (``budget``)."""
+    parity_burst: float = 4.0
+    """How many such parities may be spent at once after a quiet spell (the budget's bucket size)."""
+    straggler_overtakes: int = 2
+    """A late member whose F call was overtaken by this many answers to later requests is a straggler: its parity
+    is sent without spending budget (``budget``)."""
     parity_cooldown_ms: float = 5000.0
     bls_threads: int = 64
     code_weights: tuple[tuple[float, ...], ...] = ()
@@ -101,7 +109,11 @@ class OrchestratorConfig:
             raise ConfigError(
                 f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
             )
-        for name in ("max_in_flight", "max_parity_in_flight", "bls_threads"):
+        if self.parity_budget < 0:
+            raise ConfigError(f"parity_budget must be >= 0, got {self.parity_budget}")
+        if self.parity_burst < 1:
+            raise ConfigError(f"parity_burst must be >= 1 (a whole parity), got {self.parity_burst}")
+        for name in ("max_in_flight", "max_parity_in_flight", "bls_threads", "straggler_overtakes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if 2 * self.max_parity_in_flight > self.bls_threads:

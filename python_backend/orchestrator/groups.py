@@ -26,6 +26,19 @@ class AnswerSource(Enum):
     ERROR = "error"
 
 
+class ParityReason(Enum):
+    """Why a group's parity was computed."""
+
+    EAGER = "eager"
+    """ParM's policy: every group, as soon as it closes."""
+    FAILURE = "failure"
+    """A member's F call failed."""
+    STRAGGLER = "straggler"
+    """A late member's F call was overtaken by answers to later requests (``budget``)."""
+    BUDGET = "budget"
+    """A late member, within the parity budget (``budget``)."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """The one answer a request gets: F's outputs, rebuilt outputs (flagged), or an error message."""
@@ -48,11 +61,17 @@ class Member:
     """Seconds F gets to answer before a rebuilt answer may replace its own (unless F fails)."""
     source: AnswerSource | None = None
     rebuilt: Tensors | None = None
+    overtaken: int = 0
+    """Answers F gave to later requests while this one's call was still out (``budget``)."""
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def answered(self) -> bool:
         return self.source is not None
+
+    def late(self, now: float) -> bool:
+        """F had its ``decode_after`` to answer."""
+        return now - self.arrival >= self.decode_after
 
     def answer(self, answer: Answer) -> bool:
         """Sends ``answer`` unless one was already sent; returns whether it was sent.
@@ -114,6 +133,8 @@ class CodingGroup:
     parity_sent: bool = False
     parity_pending: bool = False
     """Closed, its parity deferred until a member turns out late (``ParityPolicy.ON_DEMAND``)."""
+    parity_withheld: bool = False
+    """A member turned out late, but is no known straggler and the parity budget was empty (``budget``)."""
     closed: bool = False
     decoding: bool = False
 
@@ -168,7 +189,7 @@ def decode_allowed(now: float, member: Member, slot: Slot) -> bool:
 
     ``decode_after = 0`` is ParM's policy (use whichever result comes first).
     """
-    return slot.failure is not None or now - member.arrival >= member.decode_after
+    return slot.failure is not None or member.late(now)
 
 
 class FillerCache:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .groups import AnswerSource, Tensors
+from .groups import AnswerSource, ParityReason, Tensors
 
 
 @dataclass
@@ -24,6 +24,10 @@ class DispatcherStats:
     groups_filled: int = 0
     groups_unprotected: int = 0
     groups_unneeded: int = 0
+    parities: dict[ParityReason, int] = field(default_factory=lambda: dict.fromkeys(ParityReason, 0))
+    """Groups whose parity was computed, by why."""
+    parities_withheld: int = 0
+    """Groups with a late member that got no parity when it turned late: no straggler, and the budget was empty."""
     group_members_real: int = 0
     group_members_filler: int = 0
     original_failures: int = 0

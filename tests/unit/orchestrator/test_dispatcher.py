@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from parm.backend.orchestrator import AnswerSource, CodedDispatcher, ParityPolicy
+from parm.backend.orchestrator.groups import ParityReason
 
 from .helpers import FailingTarget, Harness, LinearF, SumEncoder, linear_f, query, run_checked
 
@@ -328,10 +329,13 @@ def test_a_failed_parity_model_is_left_alone_for_its_cooldown():
         parity = LinearF("f_parity")
         parity.fail.add(round(0.1 + 0.2, 6))  # the parity query of the first group is the sum of its members
         h = Harness(parity=parity, parity_cooldown_ms=150.0, request_timeout_ms=100.0)
-        for request in (h.submit(0.1), h.submit(0.2)):
-            assert (await h.answer(request)).source is AnswerSource.ORIGINAL
+        first = h.f.hold[0.2] = asyncio.Event()  # late once its partner answered: its parity is computed, and fails
+        requests = (h.submit(0.1), h.submit(0.2))
+        assert (await h.answer(requests[0])).source is AnswerSource.ORIGINAL
         await h.settle(0.02)
         assert h.dispatcher.stats.parity_failures == 1
+        first.set()
+        assert (await h.answer(requests[1])).source is AnswerSource.ORIGINAL
         calls = parity.calls
         h.f.hold[0.3] = asyncio.Event()
         during = [h.submit(0.3), h.submit(0.4)]
@@ -348,18 +352,26 @@ def test_a_failed_parity_model_is_left_alone_for_its_cooldown():
     run(scenario())
 
 
-def test_parity_computations_in_flight_are_bounded():
+def test_parity_computations_in_flight_are_bounded_and_a_straggler_waits_for_a_free_slot():
     async def scenario():
         parity = LinearF("f_parity")
-        gate = asyncio.Event()
-        h = Harness(parity=parity, max_parity_in_flight=1, request_timeout_ms=100.0)
-        parity.hold[round(0.1 + 0.2, 6)] = gate
-        for m in (0.1, 0.2, 0.3, 0.4):
-            h.submit(m)
+        parity_gate = parity.hold[round(0.1 + 0.2, 6)] = asyncio.Event()
+        h = Harness(parity=parity, max_parity_in_flight=1, straggler_overtakes=1, request_timeout_ms=1000.0)
+        h.f.hold[0.2] = h.f.hold[0.3] = asyncio.Event()
+        first = [h.submit(0.1), h.submit(0.2)]
+        await h.answer(first[0])  # 0.2 is now late and alone: its group's parity is sent, and held
+        await h.settle(0.02)
+        second = [h.submit(0.3), h.submit(0.4)]
+        await h.answer(second[1])  # overtakes 0.3: a straggler, whose parity waits for the one slot
         await h.settle(0.02)
         assert parity.calls == 1
-        assert h.dispatcher.stats.groups_unprotected == 1
-        gate.set()
+        parity_gate.set()
+        assert (await h.answer(first[1])).source is AnswerSource.REBUILT
+        assert (await h.answer(second[0])).source is AnswerSource.REBUILT
+        assert parity.calls == 2
+        assert h.dispatcher.stats.parities[ParityReason.STRAGGLER] == 1
+        assert h.dispatcher.stats.groups_unprotected == 0
+        h.f.hold[0.2].set()
         await h.settle(0.02)
         h.assert_exactly_once()
 

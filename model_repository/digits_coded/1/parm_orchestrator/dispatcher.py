@@ -24,6 +24,7 @@ import numpy as np
 
 from . import linear
 from .breaker import Breaker
+from .budget import ParityBudget
 from .config import OrchestratorConfig, ParityPolicy
 from .contract import (
     DECODER_AVAILABLE_INPUT,
@@ -40,6 +41,7 @@ from .groups import (
     CodingGroup,
     FillerCache,
     Member,
+    ParityReason,
     Slot,
     Tensors,
     decode_allowed,
@@ -108,7 +110,10 @@ class CodedDispatcher:
         self._ids = itertools.count()
         self._closed = False
         self._parity_in_flight = 0
+        self._parity_queue: dict[CodingGroup, ParityReason] = {}
+        """Groups with a stuck or failed member waiting for a parity slot (``max_parity_in_flight``), oldest first."""
         self._breakers = [Breaker(config.parity_cooldown_ms / 1000) for _ in self._parity_targets]
+        self._budget = ParityBudget(config.parity_budget, config.parity_burst)
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
         self._code_weights = np.array(config.code_weights, dtype=np.float64) if config.code_weights else None
@@ -171,6 +176,7 @@ class CodedDispatcher:
             )
             return
         self._pending[request_id] = member
+        self._budget.credit()
         timers = [self._loop.call_later(self._config.request_timeout_ms / 1000, self._expire, member)]
         self._timers[request_id] = timers
         if not all_finite(inputs):
@@ -230,39 +236,99 @@ class CodedDispatcher:
                 group.add(filler[0], None, outputs=filler[1])
         group.closed = True
         if self._config.parity_policy is ParityPolicy.EAGER:
-            self._send_parity(group)
+            self._send_parity(group, ParityReason.EAGER)
             return
         group.parity_pending = True
+        if any(slot.failure is not None for slot in group.slots):
+            self._send_parity(group, ParityReason.FAILURE)
+            return
         now = self._loop.time()
         due = min(member.arrival + member.decode_after for member in unanswered)
-        if due <= now or any(slot.failure is not None for slot in group.slots):
-            self._send_parity(group)
+        if due <= now:
+            self._parity_if_still_needed(group)
         else:
             self._loop.call_later(due - now, self._parity_if_still_needed, group)
 
     def _parity_if_still_needed(self, group: CodingGroup) -> None:
-        """A deferred parity's due time: sent if a member is still unanswered, else the group cost nothing."""
+        """A deferred parity's due time, or a late member's F call overtaken since: sent if an unanswered member is
+        late and a straggler, or late and within the budget while the parity could rebuild every unanswered member,
+        else withheld until one of these holds (checked again at each overtake and each answer of the group,
+        ``budget``); a group whose members all answered cost nothing."""
         if not group.parity_pending or self._closed:
             return
-        if all(member.answered for member in group.members):
+        unanswered = [member for member in group.members if not member.answered]
+        if not unanswered:
             group.parity_pending = False
             self.stats.groups_unneeded += 1
             return
-        self._send_parity(group)
+        now = self._loop.time()
+        late = [member for member in unanswered if member.late(now)]
+        if not late:
+            return
+        if any(member.overtaken >= self._config.straggler_overtakes for member in late):
+            self._send_parity(group, ParityReason.STRAGGLER)
+        elif (
+            len(unanswered) <= group.r  # else the parity could not rebuild them until F answers some of them
+            and self._parity_in_flight < self._config.max_parity_in_flight
+            and self._budget.take()
+        ):
+            self._send_parity(group, ParityReason.BUDGET)
+        elif not group.parity_withheld:
+            group.parity_withheld = True
+            self.stats.parities_withheld += 1
 
-    def _send_parity(self, group: CodingGroup) -> None:
-        """Encodes the group and runs its parity model(s), unless the breaker or the in-flight bound says no."""
-        group.parity_pending = False
+    def _note_overtakes(self, answered: Member) -> None:
+        """F answered ``answered``: every older request still waiting for F was overtaken once more, and a late one
+        that became a straggler gets its group's parity. Pending requests are kept in arrival order, so only the
+        older ones are visited."""
+        threshold = self._config.straggler_overtakes
+        stragglers = []
+        for member in self._pending.values():
+            if member.request_id >= answered.request_id:
+                break
+            member.overtaken += 1
+            if member.overtaken == threshold and not member.answered:
+                stragglers.append(member.request_id)
+        for request_id in stragglers:  # sending a parity may answer members, which changes ``_pending``
+            group = self._groups_of.get(request_id)
+            if group is not None and group.parity_pending:
+                self._parity_if_still_needed(group)
+
+    def _send_parity(self, group: CodingGroup, why: ParityReason) -> None:
+        """Encodes the group and runs its parity model(s), unless every parity model is in its cooldown. At the
+        in-flight bound, a group whose member is stuck or failed waits for a free slot (it is what parity is for);
+        an eager one goes without."""
         reason = self._no_parity_reason()
+        if reason is None and self._parity_in_flight >= self._config.max_parity_in_flight:
+            if why in (ParityReason.STRAGGLER, ParityReason.FAILURE):
+                if group not in self._parity_queue:
+                    self._parity_queue[group] = why
+                return
+            reason = f"max_parity_in_flight={self._config.max_parity_in_flight} parity computations already running"
+        group.parity_pending = False
         if reason is not None:
             self._go_without_parity(group, reason)
             return
         group.parity_sent = True
+        self.stats.parities[why] += 1
         real = len(group.members)
         self.stats.group_members_real += real
         self.stats.group_members_filler += group.k - real
         self._parity_in_flight += 1
         self._spawn(self._run_parity(group))
+
+    def _send_queued_parity(self) -> None:
+        """A parity slot came free: the oldest queued group still waiting for its parity takes it."""
+        while self._parity_queue and self._parity_in_flight < self._config.max_parity_in_flight:
+            group, why = next(iter(self._parity_queue.items()))
+            del self._parity_queue[group]
+            if not group.parity_pending or self._closed:
+                continue
+            if all(member.answered for member in group.members):
+                group.parity_pending = False
+                self.stats.groups_unneeded += 1
+                continue
+            self._send_parity(group, why)
 
     def _go_without_parity(self, group: CodingGroup, reason: str) -> None:
         """The group will have no parity: members whose F already failed get their error now."""
@@ -279,8 +345,6 @@ class CodedDispatcher:
         if down == r:
             which = "a parity model" if r == 1 else f"{down} of {r} parity models"
             return f"{which} failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
-        if self._parity_in_flight >= self._config.max_parity_in_flight:
-            return f"max_parity_in_flight={self._config.max_parity_in_flight} parity computations already running"
         return None
 
     async def _run_original(self, group: CodingGroup | None, slot: Slot, target: Target) -> None:
@@ -301,7 +365,7 @@ class CodedDispatcher:
             if reason is not None:
                 self._answer(member, Answer(AnswerSource.ERROR, error=f"{error}; no rebuild possible: {reason}"))
             elif group is not None and group.parity_pending:
-                self._send_parity(group)  # a failed member is rebuilt at once: its parity cannot wait
+                self._send_parity(group, ParityReason.FAILURE)  # a failed member is rebuilt at once
             elif group is not None:
                 self._try_decode(group)
             return
@@ -314,7 +378,10 @@ class CodedDispatcher:
             self.stats.record_fidelity(member.rebuilt, outputs)
         if answered_early or member.answer(Answer(AnswerSource.ORIGINAL, outputs)):
             self._settle(member)
+        self._note_overtakes(member)
         self._fillers.add(slot.inputs, outputs)
+        if group is not None and group.parity_pending:
+            self._parity_if_still_needed(group)  # a partner answered: a late member may now be worth a parity
         if group is not None:
             self._try_decode(group)
 
@@ -338,6 +405,7 @@ class CodedDispatcher:
             await asyncio.gather(*calls)
         finally:
             self._parity_in_flight -= 1
+            self._send_queued_parity()
 
     def _skip_parity(self, group: CodingGroup, index: int) -> None:
         """A parity model in its cooldown is not called: the group notes why, and may still decode from the others."""

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from .groups import AnswerSource
+from .groups import AnswerSource, ParityReason
 from .stats import DispatcherStats
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -114,6 +114,25 @@ def _counter_specs() -> list[_CounterSpec]:
                 lambda s, field=field: getattr(s, field),
             )
         )
+    for reason in ParityReason:
+        specs.append(
+            _CounterSpec(
+                "parm_parities_total",
+                "Coding groups whose parity was computed, by why: eager (every group), failure (an F call failed), "
+                "straggler (a late member's F call was overtaken by later ones), budget (a late member, within the "
+                "parity budget)",
+                {"reason": reason.value},
+                lambda s, reason=reason: s.parities[reason],
+            )
+        )
+    specs.append(
+        _CounterSpec(
+            "parm_parities_withheld_total",
+            "Coding groups with a late member that got no parity when it turned late (no straggler, budget empty)",
+            {},
+            lambda s: s.parities_withheld,
+        )
+    )
     for kind, field in (("real", "group_members_real"), ("filler", "group_members_filler")):
         specs.append(
             _CounterSpec(
