@@ -36,6 +36,7 @@ import numpy as np
 import psutil
 
 from parm.backend.orchestrator import CRASH_LOG_MARKERS
+from parm.backend.orchestrator.metrics import FLUSH_PERIOD_S
 from parm.errors import ConfigError
 from parm.export.data import load_digits_splits
 from parm.export.repository import orchestrator_config, read_config
@@ -396,8 +397,8 @@ class Soak:
             "in_flight": prometheus.metric_sum(samples, "parm_in_flight_requests", model=self.coded),
         }
 
-    def _settled_counters(self, server: TritonServer, timeout_s: float = 5.0) -> dict[str, float]:
-        """The endpoint's counters once it has nothing in flight and two scrapes agree (metrics flush every 0.5 s)."""
+    def _settled_counters(self, server: TritonServer, timeout_s: float = 6 * FLUSH_PERIOD_S) -> dict[str, float]:
+        """The endpoint's counters once it has nothing in flight and two scrapes a flush period apart agree."""
         deadline = time.monotonic() + timeout_s
         previous = None
         while True:
@@ -405,7 +406,7 @@ class Soak:
             if (counters == previous and counters["in_flight"] == 0) or time.monotonic() > deadline:
                 return counters
             previous = counters
-            time.sleep(0.6)
+            time.sleep(FLUSH_PERIOD_S + 0.1)
 
     def run(self) -> SoakOutcome:
         config = self.config

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from parm.backend.orchestrator.metrics import FLUSH_PERIOD_S
 from parm.export.data import load_digits_splits
 from parm.loadtest import faults
 from parm.loadtest.prometheus import Samples, metric_sum, scrape
@@ -30,8 +31,8 @@ def _infer(client, x):
     return client.infer(CODED, [tensor], client_timeout=30)
 
 
-def wait_for(url: str, predicate, timeout: float = 5.0):
-    """Metrics are flushed every half second: poll until the expected numbers show up."""
+def wait_for(url: str, predicate, timeout: float = 5 * FLUSH_PERIOD_S):
+    """Metrics are flushed every ``FLUSH_PERIOD_S``: poll until the expected numbers show up."""
     deadline = time.monotonic() + timeout
     while True:
         samples = scrape(url)

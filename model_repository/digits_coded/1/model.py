@@ -31,10 +31,9 @@ from parm_orchestrator import (
     validate_query,
 )
 from parm_orchestrator.contract import RECONSTRUCTED_OUTPUT
-from parm_orchestrator.metrics import MetricsExporter
+from parm_orchestrator.metrics import FLUSH_PERIOD_S, MetricsExporter
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-METRICS_PERIOD_S = 0.5
 
 
 class _TritonLogHandler(logging.Handler):
@@ -182,7 +181,7 @@ class TritonPythonModel:
 
     def _flush_metrics_periodically(self) -> None:
         self._flush_metrics()
-        self._loop.call_later(METRICS_PERIOD_S, self._flush_metrics_periodically)
+        self._loop.call_later(FLUSH_PERIOD_S, self._flush_metrics_periodically)
 
     def _flush_metrics(self) -> None:
         dispatcher = self._dispatcher

@@ -16,6 +16,10 @@ from .groups import AnswerSource, ParityReason
 from .stats import DispatcherStats
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+FLUSH_PERIOD_S = 2.0
+"""How often the adapter flushes. In Triton 2.51 a gauge's ``set()`` is a synchronous round trip to the server that
+holds the GIL and occupies the server thread that also carries BLS calls and responses, so flushes are rare (a
+Prometheus scrape every 15 s or so sees values at most this old) and skip what did not change."""
 
 
 class Counter(Protocol):
@@ -171,6 +175,8 @@ class MetricsExporter:
             "parm_in_flight_groups", "Coding groups with a member not yet answered", labels
         )
         self._open_groups = factory.gauge("parm_open_groups", "Coding groups still forming", labels)
+        self._gauge_values: list[float | None] = [None, None, None]
+        """The values last set, so that an unchanged gauge costs no round trip."""
         self._encode = factory.histogram(
             "parm_encode_seconds", "Time to encode a group and run its parity model(s)", labels, DURATION_BUCKETS
         )
@@ -184,9 +190,12 @@ class MetricsExporter:
             if value > self._last[index]:
                 counter.increment(value - self._last[index])
                 self._last[index] = value
-        self._in_flight.set(in_flight)
-        self._in_flight_groups.set(in_flight_groups)
-        self._open_groups.set(open_groups)
+        for index, (gauge, value) in enumerate(
+            ((self._in_flight, in_flight), (self._in_flight_groups, in_flight_groups), (self._open_groups, open_groups))
+        ):
+            if value != self._gauge_values[index]:
+                gauge.set(value)
+                self._gauge_values[index] = value
         encode, decode = stats.drain_timings()
         for seconds in encode:
             self._encode.observe(seconds)
