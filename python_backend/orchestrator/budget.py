@@ -9,8 +9,10 @@ A member is *late* once F had ``decode_after`` to answer it. Late has two causes
   members late: measured at 100 requests/s on two cores, unbounded on-demand parities kept the parity instance busy
   for hundreds of milliseconds at a time and pushed the no-fault p99 from 32 ms (equal resources) to 227 ms.
 
-So a late member whose F call was *overtaken* by ``straggler_overtakes`` answers to later requests is a straggler
-and gets its parity at once; any other late member gets one only while ``ParityBudget`` has a token, earned at
+So a member whose F call was *overtaken* by ``straggler_overtakes`` answers to later requests is a straggler: its
+group closes at once (with fillers if need be), its parity is sent and its rebuild allowed without waiting for
+``decode_after`` (a quantile of recent latencies, which a burst inflates just when stragglers matter most). Any other
+late member gets a parity only while ``ParityBudget`` has a token, earned at
 ``parity_budget`` tokens per request up to ``parity_burst`` (a token bucket, as gRPC's retry throttling and Envoy's
 retry budgets bound retries). At low load the budget is rarely empty, so a paused member is rebuilt as soon as it is
 late; under a burst the budget runs dry and only stragglers cost parity work.

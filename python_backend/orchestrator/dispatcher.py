@@ -244,16 +244,15 @@ class CodedDispatcher:
             return
         now = self._loop.time()
         due = min(member.arrival + member.decode_after for member in unanswered)
-        if due <= now:
+        if due <= now or any(member.straggler for member in unanswered):
             self._parity_if_still_needed(group)
         else:
             self._loop.call_later(due - now, self._parity_if_still_needed, group)
 
     def _parity_if_still_needed(self, group: CodingGroup) -> None:
-        """A deferred parity's due time, or a late member's F call overtaken since: sent if an unanswered member is
-        late and a straggler, or late and within the budget while the parity could rebuild every unanswered member,
-        else withheld until one of these holds (checked again at each overtake and each answer of the group,
-        ``budget``); a group whose members all answered cost nothing."""
+        """A deferred parity's due time, or a member of the group overtaken or answered since: sent if an unanswered
+        member is a straggler, or late and within the budget while the parity could rebuild every unanswered member,
+        else withheld until one of these holds (``budget``); a group whose members all answered cost nothing."""
         if not group.parity_pending or self._closed:
             return
         unanswered = [member for member in group.members if not member.answered]
@@ -262,12 +261,12 @@ class CodedDispatcher:
             self.stats.groups_unneeded += 1
             return
         now = self._loop.time()
-        late = [member for member in unanswered if member.late(now)]
-        if not late:
-            return
-        if any(member.overtaken >= self._config.straggler_overtakes for member in late):
+        if any(member.straggler for member in unanswered):
             self._send_parity(group, ParityReason.STRAGGLER)
-        elif (
+            return
+        if not any(member.late(now) for member in unanswered):
+            return
+        if (
             len(unanswered) <= group.r  # else the parity could not rebuild them until F answers some of them
             and self._parity_in_flight < self._config.max_parity_in_flight
             and self._budget.take()
@@ -278,21 +277,29 @@ class CodedDispatcher:
             self.stats.parities_withheld += 1
 
     def _note_overtakes(self, answered: Member) -> None:
-        """F answered ``answered``: every older request still waiting for F was overtaken once more, and a late one
-        that became a straggler gets its group's parity. Pending requests are kept in arrival order, so only the
-        older ones are visited."""
+        """F answered ``answered``: every older request still waiting for F was overtaken once more. One overtaken
+        ``straggler_overtakes`` times is a straggler: known stuck, whatever F's latency quantile says (which a burst
+        of slow answers inflates), so its group closes now (with fillers if it is not full), its parity is sent and
+        its rebuild allowed. Pending requests are kept in arrival order, so only the older ones are visited."""
         threshold = self._config.straggler_overtakes
         stragglers = []
         for member in self._pending.values():
             if member.request_id >= answered.request_id:
                 break
             member.overtaken += 1
-            if member.overtaken == threshold and not member.answered:
+            if member.overtaken >= threshold and not member.straggler and not member.answered:
+                member.straggler = True
                 stragglers.append(member.request_id)
-        for request_id in stragglers:  # sending a parity may answer members, which changes ``_pending``
+        for request_id in stragglers:  # what follows may answer members, which changes ``_pending``
             group = self._groups_of.get(request_id)
-            if group is not None and group.parity_pending:
+            if group is None:
+                continue
+            if not group.closed:
+                self._close(group)
+            elif group.parity_pending:
                 self._parity_if_still_needed(group)
+            else:
+                self._try_decode(group)
 
     def _send_parity(self, group: CodingGroup, why: ParityReason) -> None:
         """Encodes the group and runs its parity model(s), unless every parity model is in its cooldown. At the

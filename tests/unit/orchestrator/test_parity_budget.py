@@ -100,3 +100,29 @@ def test_with_budget_to_spare_a_late_member_is_rebuilt_as_soon_as_it_is_late():
         h.assert_exactly_once()
 
     run_checked(scenario())
+
+
+def test_a_straggler_is_rebuilt_long_before_an_inflated_decode_wait():
+    """After a burst, F's latency quantile (the decode wait) is large; a call overtaken by later answers is known
+    stuck, and is rebuilt without waiting for it. Its lone group is closed with a filler at once."""
+
+    async def scenario():
+        h = _harness(decode_after_ms=5000.0, fill_timeout_ms=5000.0, request_timeout_ms=8000.0)
+        await h.answer(h.submit(0.05))  # a known answer: a filler for the lone straggler's group
+        await h.settle(0.01)
+        gate = h.f.hold[0.1] = asyncio.Event()
+        started = asyncio.get_running_loop().time()
+        stuck = h.submit(0.1)
+        await h.settle(0.01)
+        for marker in (0.2, 0.3):  # later requests, answered first: two overtakes
+            await h.answer(h.submit(marker))
+        answer = await h.answer(stuck)
+        assert answer.source is AnswerSource.REBUILT
+        assert asyncio.get_running_loop().time() - started < 1.0
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[stuck]["x"]), rtol=1e-5, atol=1e-5)
+        assert h.dispatcher.stats.parities[ParityReason.STRAGGLER] == 1
+        gate.set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run_checked(scenario())

@@ -63,6 +63,8 @@ class Member:
     rebuilt: Tensors | None = None
     overtaken: int = 0
     """Answers F gave to later requests while this one's call was still out (``budget``)."""
+    straggler: bool = False
+    """Overtaken often enough to be known stuck (``budget``): its rebuild need not wait for ``decode_after``."""
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -185,11 +187,12 @@ class CodingGroup:
 
 
 def decode_allowed(now: float, member: Member, slot: Slot) -> bool:
-    """The decode policy: rebuild at once when F failed, else once F had ``member.decode_after`` seconds to answer.
+    """The decode policy: rebuild at once when F failed or the member is a known straggler (later requests were
+    answered first), else once F had ``member.decode_after`` seconds to answer.
 
     ``decode_after = 0`` is ParM's policy (use whichever result comes first).
     """
-    return slot.failure is not None or member.late(now)
+    return slot.failure is not None or member.straggler or member.late(now)
 
 
 class FillerCache:
