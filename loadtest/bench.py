@@ -47,11 +47,13 @@ import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
 
+from parm.backend.orchestrator.groups import ParityReason
+from parm.backend.orchestrator.metrics import FLUSH_PERIOD_S
 from parm.errors import ConfigError
 from parm.export.data import load_digits_splits
 from parm.server import TritonServer
 
-from . import faults
+from . import faults, prometheus
 from .benchrepo import BenchModelSpec, BenchRepository, ensure_bench_repository
 from .openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
 from .report import (
@@ -209,6 +211,8 @@ class Cell:
     cpu_s: dict[str, float] = field(default_factory=dict)
     """CPU seconds per component (``cpu_snapshot``) used during the cell's slices, over ``cpu_wall_s`` seconds."""
     cpu_wall_s: float = 0.0
+    parities: dict[str, float] = field(default_factory=dict)
+    """A coded scheme's parities by reason (and ``withheld``) during the cell, from the endpoint's own metrics."""
     result: RunResult | None = None
     stats: CellStats | None = None
 
@@ -327,6 +331,23 @@ def server_request_count(grpc_url: str, model: str) -> int | None:
         return None
 
 
+def parity_counts(metrics_url: str, model: str) -> dict[str, float]:
+    """The coded endpoint's parities so far, by reason, and the groups whose parity was withheld, once its last
+    counts were flushed (it flushes every ``FLUSH_PERIOD_S``; the wait is outside the measured load)."""
+    time.sleep(FLUSH_PERIOD_S + 0.2)
+    try:
+        samples = prometheus.scrape(metrics_url)
+    except OSError as exc:  # a cross-check: a failed scrape must not stop the run
+        logger.warning("cannot read the coded endpoint's metrics: %s", exc)
+        return {}
+    counts = {
+        reason.value: prometheus.metric_sum(samples, "parm_parities_total", model=model, reason=reason.value)
+        for reason in ParityReason
+    }
+    counts["withheld"] = prometheus.metric_sum(samples, "parm_parities_withheld_total", model=model)
+    return counts
+
+
 def cpu_snapshot(server_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by tritonserver, by each model's instance (stub) processes, by this
     process (the load generator), and by the whole machine ("machine busy": every process, ours or not).
@@ -405,6 +426,7 @@ def merge_parts(parts: Sequence[tuple[float, RunResult]]) -> RunResult:
         wall_s=sum(p.wall_s for _, p in parts),
         unfinished=sum(p.unfinished for _, p in parts),
         gc_pauses=pauses,
+        notes=sorted({note for _, part in parts for note in part.notes}),
     )
 
 
@@ -496,6 +518,7 @@ class Bench:
         warmup = config.warmup_s if piece.round == 0 else min(0.5, config.warmup_s)
         if warmup > 0:
             await self._load(scheme, cell.rate, 0.0, warmup, seed + 7919 + piece.round, hedge)
+        parities_before = parity_counts(server.metrics_url, scheme.model) if scheme.kind is SchemeKind.PARM else {}
         before = server_request_count(server.grpc_url, scheme.model)
         cpu_before, cpu_started = cpu_snapshot(server.pid), time.monotonic()
         runner = FaultRunner(_window(cell.scenario, piece.start_s, piece.end_s), server.pid, scheme.fault_model)
@@ -510,6 +533,9 @@ class Bench:
         for key, value in cpu_after.items():
             cell.cpu_s[key] = cell.cpu_s.get(key, 0.0) + value - cpu_before.get(key, 0.0)
         after = server_request_count(server.grpc_url, scheme.model)
+        if parities_before:
+            for key, value in parity_counts(server.metrics_url, scheme.model).items():
+                cell.parities[key] = cell.parities.get(key, 0.0) + value - parities_before.get(key, 0.0)
         cell.parts.append((piece.start_s, result))
         cell.fault_log += log
         cell.fault_offsets += [piece.start_s] * len(log)
@@ -538,6 +564,7 @@ class Bench:
             cpu_wall_s=cell.cpu_wall_s,
             cpus=os.cpu_count(),
             rounds=[part for _, part in cell.parts],
+            parities=cell.parities,
         )
         return cell.stats
 

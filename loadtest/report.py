@@ -86,6 +86,9 @@ class CellStats:
     (other work on a shared machine) during the cell."""
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
     """CPU milliseconds per request by component (tritonserver, each model's instances, the load generator)."""
+    parities: dict[str, float] = field(default_factory=dict)
+    """A coded scheme's parity computations by reason (``parm_parities_total``) and groups whose parity was
+    withheld, from the endpoint's own metrics."""
     cpu_utilization: float | None = None
     """Share of the machine's CPUs that the server, its instances and the generator kept busy during the cell."""
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -130,6 +133,7 @@ def cell_stats(
     cpu_wall_s: float = 0.0,
     cpus: int | None = None,
     rounds: Sequence[RunResult] = (),
+    parities: dict[str, float] | None = None,
 ) -> CellStats:
     """``result``: the whole cell; ``rounds``: its interleaved slices, for the per-round spread of the ratios."""
     records = result.records
@@ -191,6 +195,7 @@ def cell_stats(
             for key, value in sorted((cpu_s or {}).items())
             if value > 0 and key != "machine busy"
         },
+        parities=dict(parities or {}),
         cpu_utilization=_utilization(cpu_s, cpu_wall_s, cpus),
         latencies_ms=latencies,
         round_latencies_ms=[_latencies_ms(part) for part in rounds],
@@ -437,6 +442,19 @@ def cpu_table(cells: Sequence[CellStats]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parity_table(cells: Sequence[CellStats]) -> str:
+    """Parities per 100 requests by reason, one row per coded cell."""
+    chosen = [c for c in cells if c.parities]
+    if not chosen:
+        return ""
+    columns = list(dict.fromkeys(k for c in chosen for k in c.parities))
+    lines = ["| rate/s | scenario | scheme | " + " | ".join(columns) + " |", "|---:|---|---|" + "---:|" * len(columns)]
+    for c in chosen:
+        values = " | ".join(f"{100 * c.parities.get(k, 0.0) / max(1, c.count):.2f}" for k in columns)
+        lines.append(f"| {c.rate:g} | {c.scenario} | {c.scheme} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_report(
     cells: Sequence[CellStats], checks: Sequence[TargetCheck], header: Sequence[str], errors: dict[str, int]
 ) -> str:
@@ -468,6 +486,17 @@ def markdown_report(
             "(the load generator runs on the same CPUs).",
             "",
             cpu,
+        ]
+    parity = parity_table(cells)
+    if parity:
+        lines += [
+            "",
+            "## Parity computations per 100 requests, by why (the coded endpoint's own metrics)",
+            "",
+            "eager: every group (ParM); failure: an F call failed; straggler: overtaken by later answers; "
+            "budget: late, within the parity budget; withheld: late, but neither (no parity).",
+            "",
+            parity,
         ]
     if errors:
         lines += ["", "## Errors", "", "| count | error |", "|---:|---|"]
