@@ -13,30 +13,46 @@ So a member whose F call was *overtaken* by ``straggler_overtakes`` answers to l
 group closes at once (with fillers if need be), its parity is sent and its rebuild allowed without waiting for
 ``decode_after`` (a quantile of recent latencies, which a burst inflates just when stragglers matter most). Any other
 late member gets a parity only while ``ParityBudget`` has a token, earned at
-``parity_budget`` tokens per request up to ``parity_burst`` (a token bucket, as gRPC's retry throttling and Envoy's
-retry budgets bound retries). At low load the budget is rarely empty, so a paused member is rebuilt as soon as it is
+``parity_budget`` tokens per request (and ``MIN_TOKENS_PER_S`` per second) up to ``parity_burst`` (a token bucket, as
+gRPC's retry throttling and Envoy's retry budgets bound retries); one that finds the bucket empty is tried again when
+it will have a token. At low load the budget is rarely empty, so a paused member is rebuilt as soon as it is
 late; under a burst the budget runs dry and only stragglers cost parity work.
 """
 
 from __future__ import annotations
 
+MIN_TOKENS_PER_S = 1.0
+"""The bucket also fills by time at this rate: at very low load a stuck member may have no later request to earn
+its token (nor to overtake it), yet a parity a second costs under 1% of one CPU with an F of a few milliseconds."""
+
 
 class ParityBudget:
-    """A token bucket credited per request rather than per second, so that the share of parity work is the same at
-    every rate and the rule is deterministic for a given request order."""
+    """A token bucket credited per request (so the share of parity work is the same at every rate) and, slowly,
+    per second (``MIN_TOKENS_PER_S``). Times are the event loop's clock, in seconds."""
 
-    def __init__(self, per_request: float, burst: float) -> None:
+    def __init__(self, per_request: float, burst: float, now: float) -> None:
         self._per_request = per_request
         self._burst = burst
+        self._updated = now
         self.tokens = burst
 
     def credit(self) -> None:
         """One more request arrived."""
         self.tokens = min(self._burst, self.tokens + self._per_request)
 
-    def take(self) -> bool:
+    def take(self, now: float) -> bool:
         """Spends a token if there is one."""
+        self._refill(now)
         if self.tokens < 1.0:
             return False
         self.tokens -= 1.0
         return True
+
+    def seconds_until_token(self, now: float) -> float:
+        """How long until a token is there, if no request arrives meanwhile."""
+        self._refill(now)
+        return max(0.0, (1.0 - self.tokens) / MIN_TOKENS_PER_S)
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self._burst, self.tokens + (now - self._updated) * MIN_TOKENS_PER_S)
+        self._updated = now

@@ -97,8 +97,11 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
     assert faults.active_faults() == []
     for child in psutil.Process().children(recursive=True):
         assert child.status() != psutil.STATUS_STOPPED
-    targets = {t["name"] for t in summary["targets"]}
-    assert "orchestrator p50 over the floor (relay), no fault" in targets, targets
+    targets = {t["name"]: t for t in summary["targets"]}
+    relay = targets["orchestrator p50 over the relay, no fault"]
+    assert relay["low"] <= relay["value"] <= relay["high"] and relay["rounds"], relay
+    assert "generator lag (max ms) in cells below 70% CPU" in targets, targets
+    assert any(c["parities"] for c in cells if c["scheme"].startswith("parm")), "coded cells count their parities"
     profile = summary["profile"]  # an extra unmeasured run: no measured cell is slowed by the profiler
     assert profile is not None and ("summary" in profile or "error" in profile), profile
     if "summary" in profile:

@@ -7,22 +7,25 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from parm.backend.orchestrator import AnswerSource
-from parm.backend.orchestrator.budget import ParityBudget
+from parm.backend.orchestrator.budget import MIN_TOKENS_PER_S, ParityBudget
 from parm.backend.orchestrator.groups import ParityReason
 
 from .helpers import Harness, LinearF, linear_f, run_checked
 
 
-def test_the_budget_earns_a_share_of_a_parity_per_request_up_to_its_burst():
-    budget = ParityBudget(per_request=0.25, burst=2.0)
-    assert budget.take() and budget.take() and not budget.take(), "it starts full"
+def test_the_budget_earns_a_share_of_a_parity_per_request_and_slowly_by_time_up_to_its_burst():
+    budget = ParityBudget(per_request=0.25, burst=2.0, now=0.0)
+    assert budget.take(0.0) and budget.take(0.0) and not budget.take(0.0), "it starts full"
     for _ in range(3):
         budget.credit()
-    assert not budget.take(), "three requests earn 0.75 of a parity"
+    assert not budget.take(0.0), "three requests earn 0.75 of a parity"
     budget.credit()
-    assert budget.take()
+    assert budget.take(0.0)
+    assert budget.seconds_until_token(0.0) == pytest.approx(1.0 / MIN_TOKENS_PER_S)
+    assert not budget.take(0.5 / MIN_TOKENS_PER_S) and budget.take(1.0 / MIN_TOKENS_PER_S), "time fills it too"
     for _ in range(100):
         budget.credit()
     assert budget.tokens == 2.0

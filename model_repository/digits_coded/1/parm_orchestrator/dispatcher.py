@@ -113,7 +113,7 @@ class CodedDispatcher:
         self._parity_queue: dict[CodingGroup, ParityReason] = {}
         """Groups with a stuck or failed member waiting for a parity slot (``max_parity_in_flight``), oldest first."""
         self._breakers = [Breaker(config.parity_cooldown_ms / 1000) for _ in self._parity_targets]
-        self._budget = ParityBudget(config.parity_budget, config.parity_burst)
+        self._budget = ParityBudget(config.parity_budget, config.parity_burst, loop.time())
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
         self._code_weights = np.array(config.code_weights, dtype=np.float64) if config.code_weights else None
@@ -266,13 +266,13 @@ class CodedDispatcher:
             return
         if not any(member.late(now) for member in unanswered):
             return
-        if (
-            len(unanswered) <= group.r  # else the parity could not rebuild them until F answers some of them
-            and self._parity_in_flight < self._config.max_parity_in_flight
-            and self._budget.take()
-        ):
-            self._send_parity(group, ParityReason.BUDGET)
-        elif not group.parity_withheld:
+        # Else the parity could not rebuild them until F answers some; a member's answer tries again.
+        if len(unanswered) <= group.r and self._parity_in_flight < self._config.max_parity_in_flight:
+            if self._budget.take(now):
+                self._send_parity(group, ParityReason.BUDGET)
+                return
+            self._loop.call_later(self._budget.seconds_until_token(now), self._parity_if_still_needed, group)
+        if not group.parity_withheld:
             group.parity_withheld = True
             self.stats.parities_withheld += 1
 
