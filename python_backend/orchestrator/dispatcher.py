@@ -114,6 +114,8 @@ class CodedDispatcher:
         """Groups with a stuck or failed member waiting for a parity slot (``max_parity_in_flight``), oldest first."""
         self._breakers = [Breaker(config.parity_cooldown_ms / 1000) for _ in self._parity_targets]
         self._budget = ParityBudget(config.parity_budget, config.parity_burst, loop.time())
+        self._budget_retries: set[CodingGroup] = set()
+        """Groups withheld for want of a budget token, with a check scheduled for when the budget will have one."""
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
         self._code_weights = np.array(config.code_weights, dtype=np.float64) if config.code_weights else None
@@ -271,10 +273,17 @@ class CodedDispatcher:
             if self._budget.take(now):
                 self._send_parity(group, ParityReason.BUDGET)
                 return
-            self._loop.call_later(self._budget.seconds_until_token(now), self._parity_if_still_needed, group)
+            if group not in self._budget_retries:  # one retry per group at a time, however often it is checked
+                self._budget_retries.add(group)
+                self._loop.call_later(self._budget.seconds_until_token(now), self._retry_budget_parity, group)
         if not group.parity_withheld:
             group.parity_withheld = True
             self.stats.parities_withheld += 1
+
+    def _retry_budget_parity(self, group: CodingGroup) -> None:
+        """The budget will have a token now: a group withheld for want of one is checked again."""
+        self._budget_retries.discard(group)
+        self._parity_if_still_needed(group)
 
     def _note_overtakes(self, answered: Member) -> None:
         """F answered ``answered``: every older request still waiting for F was overtaken once more. One overtaken

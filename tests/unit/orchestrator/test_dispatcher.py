@@ -405,7 +405,9 @@ def test_a_member_that_is_not_slow_keeps_f_answer_while_a_stuck_one_is_rebuilt()
     async def scenario():
         f = LinearF(delay=0.03)
         parity = LinearF("f_parity")  # answers at once: faster than F every time
-        h = Harness(f=f, parity=parity, decode_after_quantile=0.9, fill_timeout_quantile=0.0)
+        # A budget of one parity per request: this is about the decode wait, not about the budget, which the
+        # learning phase's late members would otherwise spend.
+        h = Harness(f=f, parity=parity, decode_after_quantile=0.9, fill_timeout_quantile=0.0, parity_budget=1.0)
         assert h.dispatcher.decode_after == 0.0
         for index in range(16):  # pairs fill groups; F's latency is learned meanwhile
             pair = [h.submit(round(0.001 * (2 * index + 1), 6)), h.submit(round(0.001 * (2 * index + 2), 6))]
@@ -440,7 +442,7 @@ async def _learn_f_latency(h: Harness, pairs: int = 12) -> None:
 def test_on_demand_parity_is_computed_only_for_groups_with_a_late_member(policy):
     async def scenario():
         f = LinearF(delay=0.03)
-        h = Harness(f=f, parity_policy=policy, fill_timeout_quantile=0.0, request_timeout_ms=2000.0)
+        h = Harness(f=f, parity_policy=policy, fill_timeout_quantile=0.0, request_timeout_ms=2000.0, parity_budget=1.0)
         await _learn_f_latency(h)
         f.delay = 0.01  # well within F's learned p90: this pair is not late
         calls = h.parity.calls
