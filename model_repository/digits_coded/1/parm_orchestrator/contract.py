@@ -30,3 +30,9 @@ CODED_SUFFIX = "_coded"
 PARITY_SUFFIX = "_parity"
 ENCODER_SUFFIX = "_encoder"
 DECODER_SUFFIX = "_decoder"
+
+GRPC_KEEPALIVE_TIME_MS = 10_000
+"""How often the gateway's gRPC client pings an idle worker connection, so a silently dead peer (a stopped server, a
+cut link) is noticed without waiting for a call. Workers must accept pings this often (``parm.security``)."""
+GRPC_KEEPALIVE_TIMEOUT_MS = 5_000
+"""How long a keepalive ping may go unanswered before the connection is declared dead."""
