@@ -79,6 +79,20 @@ class OrchestratorConfig:
     decoder model rebuilds e erased members from any e parities."""
     inline_code: bool = True
     """With ``code_weights``: encode and decode in process (True) or through the code models (False)."""
+    f_workers: tuple[str, ...] = ()
+    """Where F runs: empty, in this server (BLS); else the gRPC addresses of the Triton servers that serve the F
+    models, each ``host:port`` one failure domain, or ``dns:NAME:PORT``, every A record of NAME one worker (a
+    Kubernetes headless Service), resolved again every ``worker_resolve_ms`` (``workers``)."""
+    parity_workers: tuple[str, ...] = ()
+    """Where the parity models run, as ``f_workers``; empty with ``f_workers`` set: on an F worker that holds none
+    of the group's members."""
+    worker_probe_ms: float = 250.0
+    """How often each worker's readiness is probed (with a deadline of half that): a stopped server still accepts
+    TCP connections, so only an answer tells it is alive."""
+    worker_readmit_probes: int = 3
+    """Consecutive good probes that readmit an ejected worker."""
+    worker_resolve_ms: float = 5000.0
+    """How often ``dns:`` worker names are resolved again, so a scaled worker set is picked up."""
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -99,7 +113,14 @@ class OrchestratorConfig:
             raise ConfigError(f"the coded endpoint needs max_batch_size >= 1, got {self.max_batch_size}")
         if not self.inputs or not self.outputs:
             raise ConfigError("the coded endpoint needs at least one input and one output besides the flag")
-        for name in ("decode_after_ms", "fill_timeout_ms", "request_timeout_ms", "parity_cooldown_ms"):
+        for name in (
+            "decode_after_ms",
+            "fill_timeout_ms",
+            "request_timeout_ms",
+            "parity_cooldown_ms",
+            "worker_probe_ms",
+            "worker_resolve_ms",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("fill_timeout_quantile", "decode_after_quantile"):
@@ -113,7 +134,17 @@ class OrchestratorConfig:
             raise ConfigError(f"parity_budget must be >= 0, got {self.parity_budget}")
         if self.parity_burst < 1:
             raise ConfigError(f"parity_burst must be >= 1 (a whole parity), got {self.parity_burst}")
-        for name in ("max_in_flight", "max_parity_in_flight", "bls_threads", "straggler_overtakes"):
+        if self.parity_workers and not self.f_workers:
+            raise ConfigError("parity_workers needs f_workers: a coded endpoint is local or remote as a whole")
+        for address in self.f_workers + self.parity_workers:
+            check_worker_address(address)
+        for name in (
+            "max_in_flight",
+            "max_parity_in_flight",
+            "bls_threads",
+            "straggler_overtakes",
+            "worker_readmit_probes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if 2 * self.max_parity_in_flight > self.bls_threads:
@@ -169,6 +200,16 @@ class OrchestratorConfig:
             )
         except TypeError as error:
             raise ConfigError(f"incomplete orchestrator parameters: {error}") from error
+
+
+def check_worker_address(address: str) -> tuple[str, int, bool]:
+    """``host:port`` or ``dns:NAME:PORT`` -> (host, port, whether NAME is resolved to many workers)."""
+    text = address.strip()
+    dns = text.startswith("dns:")
+    host, _, port = text.removeprefix("dns:").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"worker address {address!r}: expected host:port or dns:NAME:PORT")
+    return host, int(port), dns
 
 
 def _parse(key: str, annotation: str, text: str) -> object:
