@@ -89,6 +89,9 @@ class OrchestratorConfig:
     worker_probe_ms: float = 250.0
     """How often each worker's readiness is probed (with a deadline of half that): a stopped server still accepts
     TCP connections, so only an answer tells it is alive."""
+    worker_cooldown_ms: float = 1000.0
+    """How long an ejected worker gets no new members, at least; the cooldown doubles while ejections repeat (a
+    slow server does not flap in and out) and resets once the worker has served a cooldown's worth without one."""
     worker_readmit_probes: int = 3
     """Consecutive good probes that readmit an ejected worker."""
     worker_resolve_ms: float = 5000.0
@@ -119,6 +122,7 @@ class OrchestratorConfig:
             "request_timeout_ms",
             "parity_cooldown_ms",
             "worker_probe_ms",
+            "worker_cooldown_ms",
             "worker_resolve_ms",
         ):
             if getattr(self, name) < 0:
