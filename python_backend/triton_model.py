@@ -32,6 +32,7 @@ from parm_orchestrator import (
 )
 from parm_orchestrator.contract import RECONSTRUCTED_OUTPUT
 from parm_orchestrator.metrics import FLUSH_PERIOD_S, MetricsExporter
+from parm_orchestrator.workers import local_pools
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -53,13 +54,14 @@ class BlsTarget:
     """A model in the same Triton server, called through BLS; every error response becomes a ``TargetError``.
 
     The call runs on a thread of the loop's executor, as ``async_exec`` would, but with a blocking ``exec``: the
-    worker then hands the outputs to ``on_outputs`` itself, so F's answer leaves from that thread at once.
+    worker then hands the outputs to ``on_outputs`` itself, so F's answer leaves from that thread at once. A BLS
+    call has no deadline of its own (``timeout`` is ignored): the request's deadline answers the client anyway.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    async def infer(self, inputs, output_names, on_outputs=None):
+    async def infer(self, inputs, output_names, on_outputs=None, timeout=None):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._exec, inputs, list(output_names), on_outputs)
 
@@ -115,7 +117,11 @@ def _supports_response_parameters() -> bool:
 
 
 class TritonPythonModel:
-    """The coded endpoint: F's signature plus the ``parm_reconstructed`` flag."""
+    """The coded endpoint: F's signature plus the ``parm_reconstructed`` flag.
+
+    On a single server, F and the parity models are models of this server (BLS). On a gateway (``f_workers`` set),
+    they run on other Triton servers, called over gRPC from the loop; the encoder and decoder stay here.
+    """
 
     def initialize(self, args):
         self._name = args["model_name"]
@@ -136,14 +142,26 @@ class TritonPythonModel:
         self._responder = threading.Thread(target=self._send_responses, name=f"{self._name}-send", daemon=True)
         self._responder.start()
         config = self._config
+        monitor = None
+        if config.f_workers:
+            from parm_orchestrator.remote import remote_pools  # a gateway only: needs tritonclient
+
+            future = asyncio.run_coroutine_threadsafe(remote_pools(config), self._loop)
+            f_pool, parity_pool, monitor = future.result(timeout=60)
+        else:
+            f_pool, parity_pool = local_pools(
+                config, [BlsTarget(name) for name in config.f_models], [BlsTarget(n) for n in config.parity_models]
+            )
         self._dispatcher = CodedDispatcher(
             config,
-            f_targets=[BlsTarget(name) for name in config.f_models],
-            parity_targets=[BlsTarget(name) for name in config.parity_models],
+            f_pool,
+            parity_pool,
             encoder=BlsTarget(config.encoder_model),
             decoder=BlsTarget(config.decoder_model),
             loop=self._loop,
         )
+        if monitor is not None:
+            self._loop.call_soon_threadsafe(self._dispatcher.watch, monitor)
         self._metric_factory = TritonMetricFactory()
         self._metrics = MetricsExporter(
             self._metric_factory, {"model": self._name, "version": str(args["model_version"])}
@@ -189,6 +207,8 @@ class TritonPythonModel:
             self._metrics.flush(
                 dispatcher.stats, dispatcher.in_flight, dispatcher.in_flight_groups, dispatcher.open_groups
             )
+            if self._config.f_workers:
+                self._metrics.flush_workers(dispatcher.workers)
         except Exception as error:  # a metrics failure must never take the endpoint down
             pb_utils.Logger.log_warn(f"{self._name}: exporting metrics failed: {error}")
 

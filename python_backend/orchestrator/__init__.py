@@ -5,11 +5,12 @@ Copied into each coded model's version folder by the repository writer, so a mod
 """
 
 from .config import RELOAD_PARAMETER, OrchestratorConfig, ParityPolicy, Scheme
-from .dispatcher import CRASH_LOG_MARKERS, CodedDispatcher, Target
+from .dispatcher import CRASH_LOG_MARKERS, CodedDispatcher
 from .errors import ConfigError, InvalidQueryError, OrchestratorError, TargetError
 from .groups import Answer, AnswerSource
 from .stats import DispatcherStats
 from .tensors import TensorSpec, validate_query
+from .workers import Target, Worker, WorkerMonitor, WorkerPool, WorkerRole
 
 __all__ = [
     "CRASH_LOG_MARKERS",
@@ -27,5 +28,9 @@ __all__ = [
     "Target",
     "TargetError",
     "TensorSpec",
+    "Worker",
+    "WorkerMonitor",
+    "WorkerPool",
+    "WorkerRole",
     "validate_query",
 ]

@@ -16,14 +16,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from . import linear
-from .breaker import Breaker
 from .budget import ParityBudget
 from .config import OrchestratorConfig, ParityPolicy
 from .contract import (
@@ -49,6 +48,9 @@ from .groups import (
 from .latency import LatencyQuantile
 from .stats import DispatcherStats
 from .tensors import all_finite, group_key
+from .workers import Target, Worker, WorkerMonitor, WorkerPool
+
+__all__ = ["CRASH_LOG_MARKERS", "TASK_CRASHED", "CodedDispatcher", "Target"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +60,8 @@ CRASH_LOG_MARKERS = (TASK_CRASHED, "Exception in callback")
 a callback that raised (logged by asyncio). Requests around it may still have been answered, so tests and the soak
 look for these."""
 
-
-class Target(Protocol):
-    """A model the orchestrator calls: a Triton model over BLS in production, anything async in tests.
-
-    Kept an interface so a target can later live on another Triton server (gRPC) without touching the core.
-    """
-
-    name: str
-
-    async def infer(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        output_names: Sequence[str],
-        on_outputs: Callable[[Tensors], None] | None = None,
-    ) -> Tensors:
-        """Runs the model; raises ``TargetError`` when it answers with an error.
-
-        ``on_outputs``, when given, is called with the outputs as soon as they are known, on any thread, before
-        ``infer`` returns them: a target that waits for its model on a worker thread calls it there.
-        """
-        ...
+SLOW_FACTOR = 4.0
+"""A straggler older than this many times F's latency quantile counts against its worker (``WorkerPool.failed``)."""
 
 
 class CodedDispatcher:
@@ -87,17 +70,21 @@ class CodedDispatcher:
     def __init__(
         self,
         config: OrchestratorConfig,
-        f_targets: Sequence[Target],
-        parity_targets: Sequence[Target],
+        f_workers: WorkerPool,
+        parity_workers: WorkerPool,
         encoder: Target,
         decoder: Target,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        if len(parity_targets) != config.r:
-            raise OrchestratorError(f"expected {config.r} parity targets, got {len(parity_targets)}")
+        """``f_workers`` and ``parity_workers`` may be the same pool (parities on F workers outside the group)."""
+        if parity_workers.workers and not all(
+            any(worker.serves(model) for worker in parity_workers.workers) for model in config.parity_models
+        ):
+            raise OrchestratorError(f"no parity worker serves each of {list(config.parity_models)}")
         self._config = config
-        self._f_targets = list(f_targets)
-        self._parity_targets = list(parity_targets)
+        self.f_workers = f_workers
+        self.parity_workers = parity_workers
+        f_workers.on_eject = self._worker_ejected
         self._encoder = encoder
         self._decoder = decoder
         self._loop = loop
@@ -112,7 +99,6 @@ class CodedDispatcher:
         self._parity_in_flight = 0
         self._parity_queue: dict[CodingGroup, ParityReason] = {}
         """Groups with a stuck or failed member waiting for a parity slot (``max_parity_in_flight``), oldest first."""
-        self._breakers = [Breaker(config.parity_cooldown_ms / 1000) for _ in self._parity_targets]
         self._budget = ParityBudget(config.parity_budget, config.parity_burst, loop.time())
         self._budget_retries: set[CodingGroup] = set()
         """Groups withheld for want of a budget token, with a check scheduled for when the budget will have one."""
@@ -177,25 +163,43 @@ class CodedDispatcher:
                 ),
             )
             return
+        if not self.f_workers.workers:
+            self._answer(member, Answer(AnswerSource.ERROR, error="no F worker is known yet (f_workers)"))
+            return
         self._pending[request_id] = member
         self._budget.credit()
         timers = [self._loop.call_later(self._config.request_timeout_ms / 1000, self._expire, member)]
         self._timers[request_id] = timers
+        now = self._loop.time()
         if not all_finite(inputs):
             self.stats.uncoded_requests += 1
-            self._spawn(self._run_original(None, Slot(0, inputs, member), self._f_targets[0]))
+            member.worker = self.f_workers.pick(now)
+            self._spawn(self._run_original(None, Slot(0, inputs, member), member.worker))
             return
         group, slot = self._join_group(member)
-        member_target = self._f_targets[slot.index % len(self._f_targets)]
-        self._spawn(self._run_original(group, slot, member_target))
+        member.worker = self.f_workers.pick(now, exclude=group.domains)  # distinct failure domains when possible
+        assert member.worker is not None  # with workers known, an F pick always finds one
+        group.domains.add(member.worker.name)
+        self._spawn(self._run_original(group, slot, member.worker))
         if member.decode_after > 0:
             timers.append(self._loop.call_later(member.decode_after, self._try_decode, group))
         if group.full:
             self.stats.groups_full += 1
             self._close(group)
 
+    def watch(self, monitor: WorkerMonitor) -> None:
+        """Runs the workers' health checks on the loop until ``close`` (call on the loop thread)."""
+        self._spawn(monitor.run())
+
+    @property
+    def workers(self) -> list[Worker]:
+        """Every F and parity worker, once each."""
+        pools = [self.f_workers] if self.parity_workers is self.f_workers else [self.f_workers, self.parity_workers]
+        return [worker for pool in pools for worker in pool.workers]
+
     async def close(self) -> None:
-        """Answers every request still in flight with an error and cancels outstanding work; idempotent."""
+        """Answers every request still in flight with an error, cancels outstanding work and closes the workers'
+        connections; idempotent."""
         self._closed = True
         for member in list(self._pending.values()):
             self._answer(member, Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
@@ -203,6 +207,9 @@ class CodedDispatcher:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.f_workers.close()
+        if self.parity_workers is not self.f_workers:
+            await self.parity_workers.close()
 
     def _join_group(self, member: Member) -> tuple[CodingGroup, Slot]:
         key = group_key(member.inputs)
@@ -291,7 +298,10 @@ class CodedDispatcher:
         of slow answers inflates), so its group closes now (with fillers if it is not full), its parity is sent and
         its rebuild allowed. Pending requests are kept in arrival order, so only the older ones are visited."""
         threshold = self._config.straggler_overtakes
+        now = self._loop.time()
+        usual = self._f_latency.value if self._f_latency is not None else None
         stragglers = []
+        slow_workers: dict[Worker, float] = {}
         for member in self._pending.values():
             if member.request_id >= answered.request_id:
                 break
@@ -299,7 +309,26 @@ class CodedDispatcher:
             if member.overtaken >= threshold and not member.straggler and not member.answered:
                 member.straggler = True
                 stragglers.append(member.request_id)
-        for request_id in stragglers:  # what follows may answer members, which changes ``_pending``
+                age = now - member.arrival
+                if member.worker is not None and usual is not None and age > SLOW_FACTOR * usual:
+                    slow_workers[member.worker] = age
+        self._handle_stragglers(stragglers)
+        for worker, age in slow_workers.items():  # may eject it, which marks its other members stragglers
+            usual_ms = 1000 * (usual or 0.0)
+            self.f_workers.failed(worker, now, f"an answer overdue by {1000 * age:.0f} ms, F's usual {usual_ms:.0f}")
+
+    def _worker_ejected(self, worker: Worker) -> None:
+        """An F worker was ejected: the members it still holds are known stuck, and rebuilt as stragglers are."""
+        stuck = []
+        for member in self._pending.values():
+            if member.worker is worker and not member.answered and not member.straggler:
+                member.straggler = True
+                stuck.append(member.request_id)
+        self._handle_stragglers(stuck)
+
+    def _handle_stragglers(self, request_ids: list[int]) -> None:
+        """Members just found stuck: each one's group closes now, its parity is sent, or its rebuild starts."""
+        for request_id in request_ids:  # what follows may answer members, which changes ``_pending``
             group = self._groups_of.get(request_id)
             if group is None:
                 continue
@@ -353,17 +382,15 @@ class CodedDispatcher:
         self._fail_unrecoverable(group)
 
     def _no_parity_reason(self) -> str | None:
-        """Why a group's parity cannot be sent now, or None when it can: at least one parity model is out of its
-        cooldown (the parities that arrive rebuild what they can, ``CodingGroup.can_decode``)."""
+        """Why a group's parity cannot be sent now, or None when it can: a worker takes at least one of the parity
+        models (the parities that arrive rebuild what they can, ``CodingGroup.can_decode``)."""
         now = self._loop.time()
-        r = len(self._breakers)
-        down = sum(breaker.is_open(now) for breaker in self._breakers)
-        if down == r:
-            which = "a parity model" if r == 1 else f"{down} of {r} parity models"
-            return f"{which} failed recently; retried after parity_cooldown_ms={self._config.parity_cooldown_ms:g}"
+        reasons = [self.parity_workers.unavailable_reason(now, model) for model in self._config.parity_models]
+        if all(reasons):
+            return "; ".join(dict.fromkeys(reason for reason in reasons if reason))
         return None
 
-    async def _run_original(self, group: CodingGroup | None, slot: Slot, target: Target) -> None:
+    async def _run_original(self, group: CodingGroup | None, slot: Slot, worker: Worker) -> None:
         member = slot.member
         assert member is not None
         answered_early = False
@@ -372,10 +399,19 @@ class CodedDispatcher:
             nonlocal answered_early
             answered_early = member.answer(Answer(AnswerSource.ORIGINAL, outputs))
 
+        pool = self.f_workers
+        pool.started(worker)
+        answered_in = None
+        time_left = member.arrival + self._config.request_timeout_ms / 1000 - self._loop.time()
         try:
-            outputs = await target.infer(slot.inputs, self._config.output_names, on_outputs=answer_early)
+            outputs = await worker.target().infer(
+                slot.inputs, self._config.output_names, on_outputs=answer_early, timeout=time_left
+            )
+            answered_in = self._loop.time() - member.arrival
         except TargetError as error:
             self.stats.original_failures += 1
+            if error.worker_fault:
+                pool.failed(worker, self._loop.time(), str(error))
             slot.failure = str(error)
             reason = "it is not coded" if group is None else group.unrecoverable_reason()
             if reason is not None:
@@ -385,6 +421,8 @@ class CodedDispatcher:
             elif group is not None:
                 self._try_decode(group)
             return
+        finally:
+            pool.finished(worker, answered_in, self._loop.time())
         slot.outputs = outputs
         latency = self._loop.time() - member.arrival
         for estimate in (self._f_latency, self._decode_wait):
@@ -413,43 +451,53 @@ class CodedDispatcher:
             self.stats.encode_seconds.append(time.perf_counter() - started)
             now = self._loop.time()
             calls = []
-            for j, target in enumerate(self._parity_targets):
-                if self._breakers[j].is_open(now):
-                    self._skip_parity(group, j)
-                else:
-                    calls.append(self._run_one_parity(group, j, target, {n: q[j] for n, q in parity_queries.items()}))
+            used = set(group.domains)
+            for j, model in enumerate(self._config.parity_models):
+                worker = self.parity_workers.pick(now, model, exclude=used, fallback=False)
+                if worker is None:
+                    self._skip_parity(group, j, self.parity_workers.unavailable_reason(now, model) or "")
+                    continue
+                used.add(worker.name)  # the r parities of a group on distinct workers too, when possible
+                query = {name: q[j] for name, q in parity_queries.items()}
+                calls.append(self._run_one_parity(group, j, worker, model, query))
             await asyncio.gather(*calls)
         finally:
             self._parity_in_flight -= 1
             self._send_queued_parity()
 
-    def _skip_parity(self, group: CodingGroup, index: int) -> None:
-        """A parity model in its cooldown is not called: the group notes why, and may still decode from the others."""
-        name = self._parity_targets[index].name
-        cooldown = self._config.parity_cooldown_ms
-        group.parity_errors[index] = f"{name} failed recently; retried after parity_cooldown_ms={cooldown:g}"
+    def _skip_parity(self, group: CodingGroup, index: int, reason: str) -> None:
+        """No worker takes this parity now: the group notes why, and may still decode from the other parities."""
+        group.parity_errors[index] = reason
         self._fail_unrecoverable(group)
 
-    async def _run_one_parity(self, group: CodingGroup, index: int, target: Target, query: Tensors) -> None:
+    async def _run_one_parity(self, group: CodingGroup, index: int, worker: Worker, model: str, query: Tensors) -> None:
+        pool = self.parity_workers
+        pool.started(worker)
+        started = self._loop.time()
+        answered_in = None
         try:
-            outputs = await target.infer(query, self._config.output_names)
+            outputs = await worker.target(model).infer(query, self._config.output_names, timeout=self._time_left(group))
+            answered_in = self._loop.time() - started
         except TargetError as error:
+            if error.worker_fault:
+                pool.failed(worker, self._loop.time(), str(error))
             self._parity_failed(group, [index], error)
             return
-        self._breakers[index].succeeded()
+        finally:
+            pool.finished(worker, answered_in, self._loop.time())
         group.parity_outputs[index] = outputs
         self._try_decode(group)
 
+    def _time_left(self, group: CodingGroup) -> float:
+        """Seconds until the last deadline of the group's unanswered members: what a parity call may take."""
+        deadlines = [m.arrival for m in group.members if not m.answered] or [self._loop.time()]
+        return max(deadlines) + self._config.request_timeout_ms / 1000 - self._loop.time()
+
     def _parity_failed(self, group: CodingGroup, indices: Iterable[int], error: TargetError) -> None:
-        """Parities ``indices`` of ``group`` failed (all of them when the encoder did): their breakers open."""
+        """Parities ``indices`` of ``group`` failed (all of them when the encoder did)."""
         self.stats.parity_failures += 1
-        now = self._loop.time()
         for index in indices:
             group.parity_errors[index] = str(error)
-            cooldown = self._breakers[index].failed(now)
-            if cooldown is not None:
-                name = self._parity_targets[index].name
-                logger.warning("parity model %s failed, no calls to it for %.1f s: %s", name, cooldown, error)
         self._fail_unrecoverable(group)
 
     async def _encode(self, group: CodingGroup) -> Tensors:

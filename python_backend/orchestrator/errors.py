@@ -16,6 +16,9 @@ class InvalidQueryError(OrchestratorError):
 class TargetError(OrchestratorError):
     """A downstream model (F, a parity model, the encoder or the decoder) answered with an error."""
 
-    def __init__(self, model: str, message: str) -> None:
+    def __init__(self, model: str, message: str, *, worker_fault: bool = True) -> None:
         super().__init__(f"model '{model}' failed: {message}")
         self.model = model
+        self.worker_fault = worker_fault
+        """Whether the failure says something about where the model runs (unreachable, out of time, broken), which
+        counts against the worker's health; False for an answer that only refuses this one request."""

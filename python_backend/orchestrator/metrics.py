@@ -8,12 +8,13 @@ encode/decode durations recorded meanwhile. The ``MetricFactory`` is the seam to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from .groups import AnswerSource, ParityReason
 from .stats import DispatcherStats
+from .workers import Worker
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 FLUSH_PERIOD_S = 2.0
@@ -166,6 +167,9 @@ class MetricsExporter:
     """Pushes a dispatcher's counters to Prometheus metrics, as deltas since the previous flush."""
 
     def __init__(self, factory: MetricFactory, labels: Mapping[str, str]) -> None:
+        self._factory = factory
+        self._labels = dict(labels)
+        self._workers: dict[tuple[str, str], _WorkerMetrics] = {}
         self._counters = [
             (spec, factory.counter(spec.name, spec.description, {**labels, **spec.labels})) for spec in _counter_specs()
         ]
@@ -201,3 +205,43 @@ class MetricsExporter:
             self._encode.observe(seconds)
         for seconds in decode:
             self._decode.observe(seconds)
+
+    def flush_workers(self, workers: Sequence[Worker]) -> None:
+        """Per-worker metrics of a gateway: up, ejections, calls in flight and call latency, labelled by the worker's
+        address and role. A worker's metrics appear on its first flush and stay (Prometheus series do not vanish
+        when a worker leaves its DNS record; its ``up`` then stays at its last value)."""
+        for worker in workers:
+            metrics = self._workers.get((worker.name, worker.role.value))
+            if metrics is None:
+                metrics = _WorkerMetrics(
+                    self._factory, {**self._labels, "worker": worker.name, "role": worker.role.value}
+                )
+                self._workers[(worker.name, worker.role.value)] = metrics
+            metrics.flush(worker)
+
+
+class _WorkerMetrics:
+    """One worker's metrics, and the values last pushed (only changes cost a round trip)."""
+
+    def __init__(self, factory: MetricFactory, labels: Mapping[str, str]) -> None:
+        self._up = factory.gauge("parm_worker_up", "1 while the worker takes new work, 0 while it is ejected", labels)
+        self._in_flight = factory.gauge("parm_worker_in_flight", "Calls to the worker not yet answered", labels)
+        self._ejections = factory.counter("parm_worker_ejections_total", "Times the worker was ejected", labels)
+        self._latency = factory.histogram(
+            "parm_worker_latency_seconds", "Duration of the worker's answered calls", labels, DURATION_BUCKETS
+        )
+        self._last: dict[str, float] = {}
+
+    def flush(self, worker: Worker) -> None:
+        up = 0.0 if worker.health.ejected or worker.retired else 1.0
+        for key, gauge, value in (("up", self._up, up), ("in_flight", self._in_flight, float(worker.outstanding))):
+            if self._last.get(key) != value:
+                gauge.set(value)
+                self._last[key] = value
+        ejections = float(worker.health.ejections)
+        if ejections > self._last.get("ejections", 0.0):
+            self._ejections.increment(ejections - self._last.get("ejections", 0.0))
+            self._last["ejections"] = ejections
+        latencies, worker.latencies = worker.latencies or [], [] if worker.latencies is not None else None
+        for seconds in latencies:
+            self._latency.observe(seconds)

@@ -25,6 +25,7 @@ from parm.backend.orchestrator.contract import (
     ENCODER_OUTPUT,
 )
 from parm.backend.orchestrator.dispatcher import TASK_CRASHED
+from parm.backend.orchestrator.workers import local_pools
 
 T = TypeVar("T")
 
@@ -69,7 +70,7 @@ class LinearF:
         self.calls = 0
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], on_outputs=None
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], on_outputs=None, timeout=None
     ) -> dict[str, np.ndarray]:
         self.calls += 1
         x = inputs["x"]
@@ -95,7 +96,7 @@ def _compute(x: np.ndarray, on_outputs) -> dict[str, np.ndarray]:
 class SumEncoder:
     name = "f_encoder"
 
-    async def infer(self, inputs, output_names, on_outputs=None):
+    async def infer(self, inputs, output_names, on_outputs=None, timeout=None):
         return {ENCODER_OUTPUT: inputs[ENCODER_INPUT].sum(axis=0, keepdims=True)}
 
 
@@ -105,7 +106,7 @@ class SubtractionDecoder:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def infer(self, inputs, output_names, on_outputs=None):
+    async def infer(self, inputs, output_names, on_outputs=None, timeout=None):
         self.calls += 1
         outputs = inputs[DECODER_OUTPUTS_INPUT]
         available = inputs[DECODER_AVAILABLE_INPUT][: len(outputs)].reshape(-1, *([1] * (outputs.ndim - 1)))
@@ -121,7 +122,7 @@ class LinearCodeEncoder:
     def __init__(self, weights) -> None:
         self.weights = np.asarray(weights, dtype=np.float32)
 
-    async def infer(self, inputs, output_names, on_outputs=None):
+    async def infer(self, inputs, output_names, on_outputs=None, timeout=None):
         queries = inputs[ENCODER_INPUT]
         parity = self.weights @ queries.reshape(len(queries), -1)
         return {ENCODER_OUTPUT: parity.reshape(len(self.weights), *queries.shape[1:])}
@@ -137,7 +138,7 @@ class LinearCodeDecoder:
         self.weights = np.asarray(weights, dtype=np.float64)
         self.calls = 0
 
-    async def infer(self, inputs, output_names, on_outputs=None):
+    async def infer(self, inputs, output_names, on_outputs=None, timeout=None):
         self.calls += 1
         r, k = self.weights.shape
         outputs, parity = inputs[DECODER_OUTPUTS_INPUT], inputs[DECODER_PARITY_INPUT]
@@ -157,7 +158,7 @@ class FailingTarget:
         self.name = name
         self.calls = 0
 
-    async def infer(self, inputs, output_names, on_outputs=None):
+    async def infer(self, inputs, output_names, on_outputs=None, timeout=None):
         self.calls += 1
         raise TargetError(self.name, "unavailable")
 
@@ -189,7 +190,11 @@ class Harness:
         self.decoder = decoder or SubtractionDecoder()
         self.config = make_config(**config)
         self.dispatcher = CodedDispatcher(
-            self.config, [self.f], self.parities, encoder, self.decoder, asyncio.get_running_loop()
+            self.config,
+            *local_pools(self.config, [self.f], self.parities),
+            encoder,
+            self.decoder,
+            asyncio.get_running_loop(),
         )
         self.replies: dict[int, list] = {}
         self.queries: dict[int, dict] = {}

@@ -10,6 +10,7 @@ import pytest
 
 from parm.backend.orchestrator import AnswerSource, CodedDispatcher, ParityPolicy
 from parm.backend.orchestrator.groups import ParityReason
+from parm.backend.orchestrator.workers import local_pools
 
 from .helpers import FailingTarget, Harness, LinearF, SumEncoder, linear_f, query, run_checked
 
@@ -263,7 +264,8 @@ def test_members_of_a_group_go_to_distinct_f_targets_when_there_are_enough(targe
     async def scenario():
         fs = [LinearF(f"f{i}") for i in range(targets)]
         h = Harness(f_models=tuple(f.name for f in fs))
-        h.dispatcher = CodedDispatcher(h.config, fs, [h.parity], SumEncoder(), h.decoder, asyncio.get_running_loop())
+        pools = local_pools(h.config, fs, [h.parity])
+        h.dispatcher = CodedDispatcher(h.config, *pools, SumEncoder(), h.decoder, asyncio.get_running_loop())
         for request in [h.submit(m) for m in (0.1, 0.2)]:
             await h.answer(request)
         assert sum(f.calls for f in fs) == 2
@@ -489,11 +491,11 @@ def test_on_demand_parity_is_sent_at_once_when_an_f_call_fails():
     run(scenario())
 
 
-def test_the_parity_cooldown_doubles_while_failures_repeat_and_resets_after_a_success():
+def test_the_parity_cooldown_doubles_while_failures_repeat_and_a_success_readmits_the_model():
     async def scenario():
         parity = LinearF("f_parity")
         h = Harness(parity=parity, parity_cooldown_ms=100.0, parity_policy=ParityPolicy.EAGER)
-        breaker = h.dispatcher._breakers[0]
+        breaker = h.dispatcher.parity_workers.workers[0].health
         loop = asyncio.get_running_loop()
         parity.fail.update({round(0.1 + 0.2, 6), round(0.3 + 0.4, 6)})
         for pair in ((0.1, 0.2), (0.3, 0.4)):
@@ -510,6 +512,6 @@ def test_the_parity_cooldown_doubles_while_failures_repeat_and_resets_after_a_su
         for request in (h.submit(0.5), h.submit(0.6)):
             await h.answer(request)
         await h.settle(0.02)
-        assert breaker.failures_in_row == 0 and h.dispatcher.stats.parity_failures == 2
+        assert not breaker.ejected and breaker.ejections == 2 and h.dispatcher.stats.parity_failures == 2
 
     run(scenario())

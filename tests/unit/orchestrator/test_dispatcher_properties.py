@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parm.backend.orchestrator import AnswerSource, CodedDispatcher
+from parm.backend.orchestrator.workers import local_pools
 
 from .helpers import LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query, run_checked
 
@@ -34,9 +35,8 @@ def test_every_request_gets_exactly_one_correct_answer(requests, k, decode_after
 async def _scenario(requests, k, decode_after_ms):
     f = LinearF()
     config = make_config(k=k, decode_after_ms=decode_after_ms, request_timeout_ms=150.0, fill_timeout_ms=2.0)
-    dispatcher = CodedDispatcher(
-        config, [f], [LinearF("f_parity")], SumEncoder(), SubtractionDecoder(), asyncio.get_running_loop()
-    )
+    pools = local_pools(config, [f], [LinearF("f_parity")])
+    dispatcher = CodedDispatcher(config, *pools, SumEncoder(), SubtractionDecoder(), asyncio.get_running_loop())
     replies: list[list] = [[] for _ in requests]
     queries = []
     for index, (batch, behaviour, gap) in enumerate(requests):

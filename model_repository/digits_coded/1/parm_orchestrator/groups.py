@@ -10,10 +10,14 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import linear
+
+if TYPE_CHECKING:
+    from .workers import Worker
 
 Tensors = dict[str, np.ndarray]
 
@@ -64,7 +68,10 @@ class Member:
     overtaken: int = 0
     """Answers F gave to later requests while this one's call was still out (``budget``)."""
     straggler: bool = False
-    """Overtaken often enough to be known stuck (``budget``): its rebuild need not wait for ``decode_after``."""
+    """Overtaken often enough, or on a worker that was ejected, to be known stuck (``budget``): its rebuild need not
+    wait for ``decode_after``."""
+    worker: Worker | None = None
+    """Where its F call runs."""
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -139,6 +146,8 @@ class CodingGroup:
     """A member turned out late, but is no known straggler and the parity budget was empty (``budget``)."""
     closed: bool = False
     decoding: bool = False
+    domains: set[str] = field(default_factory=set)
+    """The workers its members' F calls went to: its parity goes elsewhere when it can."""
 
     def __post_init__(self) -> None:
         self.parity_outputs = [None] * self.r
