@@ -17,8 +17,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import filecmp
+import glob
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -42,6 +44,7 @@ from typing import IO, Any, TextIO
 
 import psutil
 
+from parm import security
 from parm.backend.orchestrator import RELOAD_PARAMETER
 from parm.errors import ConfigError, ServerError
 
@@ -52,6 +55,8 @@ LOG_TAIL_LINES = 40
 
 # Without a proxy: a proxy from the environment must never see requests to our own local server.
 _URL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_SERVER_IDS = itertools.count()
+SHM_DIR = Path("/dev/shm")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -318,6 +323,11 @@ class TritonServer:
     Ports left as ``None`` are picked free (and picked again if the server loses the race for one). URLs:
     ``http_url`` ("http://host:port", for Locust and urllib), ``http_address`` and ``grpc_url`` ("host:port", as
     tritonclient wants them), ``metrics_url`` (the Prometheus endpoint).
+
+    Every server refuses the model-repository, shared-memory, logging and trace APIs without ``admin_key``
+    (``parm.security``; by default ``PARM_ADMIN_KEY``, or a random key shared by this process); this class's own
+    calls carry it. Its gRPC port accepts the gateway's keepalive pings. Its stubs' shared-memory regions carry a
+    prefix of their own (``shm_prefix``), and ``stop`` removes what a killed stub left behind in /dev/shm.
     """
 
     def __init__(
@@ -336,6 +346,7 @@ class TritonServer:
         stop_timeout: float = 15.0,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        admin_key: str | None = None,
     ) -> None:
         repository = Path(model_repository).absolute()
         if not repository.is_dir():
@@ -352,6 +363,8 @@ class TritonServer:
         self.stop_timeout = stop_timeout
         self.extra_args = tuple(extra_args)
         self._env = env
+        self.admin_key = admin_key if admin_key is not None else security.admin_key()
+        self.shm_prefix = f"parm{os.getpid()}s{next(_SERVER_IDS)}_"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._pid: int | None = None
@@ -453,6 +466,9 @@ class TritonServer:
             # How long Triton waits for in-flight requests and open client connections before it unloads the
             # models anyway; shorter than stop_timeout, so that the unloading (finalize) still fits in the grace.
             f"--exit-timeout-secs={max(1, round(self.exit_timeout))}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *security.restricted_api_args(self.admin_key),
+            *security.grpc_keepalive_args(),
             *self.extra_args,
         ]
 
@@ -540,6 +556,9 @@ class TritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        for region in glob.glob(str(SHM_DIR / f"{self.shm_prefix}*")):  # what killed stubs could not unlink
+            with contextlib.suppress(OSError):
+                os.unlink(region)
         logger.info("stopped tritonserver pid %d (exit code %s)", pgid, process.returncode)
 
     # -- queries -------------------------------------------------------------------------------------------------
@@ -556,7 +575,7 @@ class TritonServer:
         request = urllib.request.Request(
             f"{self.http_url}{path}",
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **security.admin_headers(self.admin_key)},
             method=method,
         )
         try:

@@ -28,6 +28,7 @@ from parm.export.coding import CodeConfig, TrainedCode, build_code, export_code
 from parm.export.fsource import torch_f
 from parm.export.repository import CodedDeployment, write_repository
 from parm.loadtest import faults
+from parm.security import admin_headers
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +85,7 @@ def _infer(client, model: str, x: np.ndarray, timeout_s: float = 20):
 def _warm_up(client, name: str, x: np.ndarray) -> None:
     """One call to F, each parity model and the coded endpoint of deployment ``name``, so that first-call set-up
     does not eat into a pause's 0.8 s budget."""
-    models = [model.name for model in client.get_model_repository_index().models]
+    models = [model.name for model in client.get_model_repository_index(headers=admin_headers(grpc=True)).models]
     for model in [name, *(m for m in models if m.startswith(f"{name}_parity")), f"{name}_coded"]:
         _infer(client, model, x)
 
