@@ -25,6 +25,21 @@ from .workers import Health, Worker, WorkerMonitor, WorkerPool, WorkerRole
 REQUEST_ONLY_STATUSES = ("StatusCode.INVALID_ARGUMENT",)
 """gRPC statuses that refuse one request and say nothing about the worker; every other failure counts against it."""
 
+RECONNECT_BACKOFF_MS = (100, 1000)
+"""A lost connection is tried again after 0.1 s, backing off to at most 1 s (gRPC's defaults, 1 s up to 120 s,
+would keep a restarted worker out for minutes: its probes fail until the channel reconnects)."""
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", GRPC_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", GRPC_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+    ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
+]
+
 
 class GrpcTarget:
     """One model on one worker."""
@@ -70,15 +85,7 @@ def grpc_worker(
 ) -> Worker:
     """A worker at ``address`` serving ``models`` (the first is the one an F call uses), with its own connection.
     Must be called on the orchestrator's loop thread."""
-    client = grpcaio.InferenceServerClient(
-        address,
-        keepalive_options=grpcclient.KeepAliveOptions(
-            keepalive_time_ms=GRPC_KEEPALIVE_TIME_MS,
-            keepalive_timeout_ms=GRPC_KEEPALIVE_TIMEOUT_MS,
-            keepalive_permit_without_calls=True,
-            http2_max_pings_without_data=0,
-        ),
-    )
+    client = grpcaio.InferenceServerClient(address, channel_args=CHANNEL_ARGS)
 
     async def probe(timeout: float) -> bool:
         return bool(await client.is_server_ready(client_timeout=timeout))

@@ -1,0 +1,97 @@
+"""Faults of whole Triton servers (a cluster's workers): every process of the server's group at once.
+
+A worker is one failure domain: its tritonserver process and its model-instance stubs fail together, as a machine
+or a pod would. A whole server stopped with SIGSTOP has no one-second limit (its health thread stops too: measured
+in PLATFORM.md), so long stalls of a worker are real stalls, not a crash. The faults follow ``faults.Fault``:
+undone on exit of their context and at interpreter exit, and logged with wall-clock stamps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+
+from parm.errors import FaultError
+
+from .faults import CpuQuota, Fault
+
+
+def server_processes(server_pid: int) -> list[psutil.Process]:
+    """The server and every process it started (its stubs)."""
+    server = psutil.Process(server_pid)
+    return [server, *server.children(recursive=True)]
+
+
+def _wait_all(processes: list[psutil.Process], stopped: bool, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        while True:
+            try:
+                status = process.status()
+            except psutil.NoSuchProcess:
+                break
+            if (status == psutil.STATUS_STOPPED) == stopped or status == psutil.STATUS_ZOMBIE:
+                break
+            if time.monotonic() > deadline:
+                raise FaultError(f"pid {process.pid} did not {'stop' if stopped else 'resume'} within {timeout} s")
+            time.sleep(0.001)
+
+
+class ServerPause(Fault):
+    """SIGSTOP to the server's whole process group: it holds every call it took and answers nothing, while the
+    kernel still completes TCP handshakes for it; SIGCONT undoes it."""
+
+    kind = "server-pause"
+
+    def _apply(self) -> None:
+        processes = server_processes(self.pid)
+        os.killpg(self.pid, signal.SIGSTOP)
+        _wait_all(processes, stopped=True)
+
+    def _undo(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGCONT)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            _wait_all(server_processes(self.pid), stopped=False)
+
+
+class ServerKill(Fault):
+    """SIGKILL to the server's whole process group: the server is gone (restart it on its ports to bring it back)."""
+
+    kind = "server-kill"
+    reversible = False
+
+    def _apply(self) -> None:
+        processes = server_processes(self.pid)
+        os.killpg(self.pid, signal.SIGCONT)  # a stopped process dies only once continued
+        os.killpg(self.pid, signal.SIGKILL)
+        psutil.wait_procs(processes, timeout=5.0)
+
+    def _undo(self) -> None:
+        pass
+
+
+class ServerCpuQuota(CpuQuota):
+    """The whole server (tritonserver and its stubs) in one cgroup with ``cpus`` of one CPU: a slow server, not a
+    dead one (a noisy neighbour, a container limit)."""
+
+    kind = "server-cpu-quota"
+
+    def _apply(self) -> None:
+        super()._apply()  # the server itself
+        assert self._cgroup is not None
+        for child in server_processes(self.pid)[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                (self._cgroup / "cgroup.procs").write_text(str(child.pid))
+
+    def _undo(self) -> None:
+        if self._origin is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in server_processes(self.pid)[1:]:
+                    with contextlib.suppress(ProcessLookupError):
+                        (self._origin / "cgroup.procs").write_text(str(child.pid))
+        super()._undo()
