@@ -108,13 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a model repository on the embedded Triton server (CPU)")
     serve.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
-    serve.add_argument("--host", default="0.0.0.0", help="address the server binds (default all interfaces)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the server binds (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+    )
     _add_ports(serve)
 
     demo = commands.add_parser("demo", help="train, export, serve, query, pause an F instance, show the rebuilds")
     demo.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where the demo writes everything")
     _add_training(demo)
     _add_ports(demo)
+
+    cluster = commands.add_parser(
+        "cluster", help="a coded deployment across servers on this machine: F workers, parity workers, a gateway"
+    )
+    cluster_actions = cluster.add_subparsers(dest="action", required=True)
+    up = cluster_actions.add_parser(
+        "up", help="start the workers and the gateway, write DIR/cluster.json, stay in the foreground until Ctrl-C"
+    )
+    up.add_argument("--workers", type=int, default=3, help="F workers, one server each (default 3)")
+    up.add_argument("--parity-workers", type=int, default=1, help="parity workers, one server each (default 1)")
+    up.add_argument("--out", type=Path, default=Path("runs/cluster"), help="repositories, logs and cluster.json")
+    up.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="what parm export wrote")
+    up.add_argument("--host", default="127.0.0.1", help="address every server binds (default 127.0.0.1)")
 
     from parm.loadtest.cli import add_bench_parser, add_loadtest_parser, add_soak_parser
 
@@ -145,6 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             http_port=args.http_port,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
+            host=args.host,
+        )
+    if args.command == "cluster":
+        from parm.cluster import run_cluster
+
+        return run_cluster(
+            args.out,
+            workers=args.workers,
+            parity_workers=args.parity_workers,
+            repository=args.model_repository,
             host=args.host,
         )
     if args.command in ("bench", "soak", "loadtest"):

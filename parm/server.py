@@ -643,7 +643,7 @@ def serve_forever(
     grpc_port: int = 8001,
     metrics_port: int = 8002,
     *,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     log_dir: str | os.PathLike[str] | None = None,
     log_verbose: int = 0,
     startup_timeout: float = 300.0,

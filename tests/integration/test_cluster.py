@@ -8,7 +8,12 @@ On 2 cores the servers share the CPUs: the failure domains are processes, not ma
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
@@ -316,3 +322,34 @@ def test_two_f_workers_stopped_at_once_give_clear_deadline_errors_and_nothing_el
     with GatewayLoad(healthy, queries) as after:
         time.sleep(1.5)
     assert not [o for o in after.results() if o.error], "normal service once they resume"
+
+
+def test_parm_cluster_up_serves_until_sigterm_then_stops_every_server_even_a_stopped_one(tmp_path: Path) -> None:
+    out = tmp_path / "cluster"
+    log = (tmp_path / "cluster.log").open("w")
+    command = [sys.executable, "-m", "parm.cli", "cluster", "up", "--workers", "2", "--parity-workers", "1"]
+    process = subprocess.Popen(
+        [*command, "--out", str(out), "--model-repository", str(REPOSITORY)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(lambda: "Ctrl-C" in (tmp_path / "cluster.log").read_text(), 90.0, "the cluster is ready")
+        description = json.loads((out / "cluster.json").read_text())
+        roles = sorted(server["role"] for server in description["servers"])
+        assert roles == ["f", "f", "gateway", "parity"]
+        assert all(server["host"] == "127.0.0.1" for server in description["servers"])
+        gateway = next(server for server in description["servers"] if server["role"] == "gateway")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{gateway['grpc_port']}")
+        try:
+            assert client.is_model_ready(description["coded_model"])
+        finally:
+            client.close()
+        pids = [server["pid"] for server in description["servers"]]
+        os.killpg(pids[1], signal.SIGSTOP)  # a stalled worker must not outlive the cluster either
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        for pid in pids:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
