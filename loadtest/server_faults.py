@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Sequence
 
 import psutil
 
@@ -95,3 +98,36 @@ class ServerCpuQuota(CpuQuota):
                     with contextlib.suppress(ProcessLookupError):
                         (self._origin / "cgroup.procs").write_text(str(child.pid))
         super()._undo()
+
+
+def nftables_available() -> bool:
+    """Whether ``PortCut`` can work here: the ``nft`` tool, run by root."""
+    return shutil.which("nft") is not None and os.geteuid() == 0
+
+
+class PortCut(Fault):
+    """Cuts the server off the network: nftables silently drops every packet to its ports and every packet it sends
+    from them, as a partitioned link would (no reset, no refusal: callers only see silence). Deleting the table
+    undoes it; connections then resume."""
+
+    kind = "port-cut"
+
+    def __init__(self, pid: int, ports: Sequence[int], max_seconds: float | None = None) -> None:
+        super().__init__(pid, max_seconds)
+        self.ports = tuple(ports)
+        self.table = f"parm_cut_{pid}_{time.monotonic_ns()}"
+
+    def _apply(self) -> None:
+        ports = ", ".join(str(port) for port in self.ports)
+        rules = (
+            f"table inet {self.table} {{\n"
+            f"  chain input {{ type filter hook input priority -10; policy accept; tcp dport {{ {ports} }} drop; }}\n"
+            f"  chain output {{ type filter hook output priority -10; policy accept; tcp sport {{ {ports} }} drop; }}\n"
+            "}\n"
+        )
+        result = subprocess.run(["nft", "-f", "-"], input=rules, text=True, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise FaultError(f"cannot cut ports {ports} of pid {self.pid}: {result.stderr.strip()}")
+
+    def _undo(self) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True, check=False)

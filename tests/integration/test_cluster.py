@@ -29,7 +29,7 @@ import tritonclient.grpc as grpcclient
 from parm.backend.orchestrator.contract import RECONSTRUCTED_OUTPUT
 from parm.cluster import LocalCluster
 from parm.loadtest.faults import cgroup_quota_available
-from parm.loadtest.server_faults import ServerCpuQuota, ServerKill, ServerPause
+from parm.loadtest.server_faults import PortCut, ServerCpuQuota, ServerKill, ServerPause, nftables_available
 
 pytestmark = pytest.mark.integration
 
@@ -265,6 +265,25 @@ def test_a_killed_f_worker_loses_no_request_and_is_readmitted_after_a_restart_on
         time.sleep(1.5)
     assert not [o for o in after.results() if o.error]
     assert _worker_inferences(healthy, "f2") > before, "the restarted worker takes members again"
+
+
+@pytest.mark.skipif(not nftables_available(), reason="no nft here, or not root: a link cannot be cut for real")
+def test_an_f_worker_cut_off_the_network_by_a_drop_rule_is_ejected_rebuilt_around_and_readmitted(
+    healthy: LocalCluster, queries: np.ndarray, reference: np.ndarray
+) -> None:
+    server = healthy["f1"]
+    with GatewayLoad(healthy, queries) as load:
+        time.sleep(1.0)
+        with PortCut(server.pid, [server.grpc_port, server.http_port], max_seconds=10.0):
+            wait_for(lambda: worker_metric(healthy, "parm_worker_up", "f1") == 0.0, 3.0, "f1 ejected while cut off")
+            time.sleep(3.0)
+        time.sleep(1.0)
+    outcomes = load.results()
+    errors = [o.error for o in outcomes if o.error]
+    assert not errors, f"a worker cut off is rebuilt around: {errors[:3]}"
+    assert [o for o in outcomes if o.rebuilt], "the calls it held were rebuilt"
+    check_originals(outcomes, reference)
+    wait_for(lambda: worker_metric(healthy, "parm_worker_up", "f1") == 1.0, 15.0, "f1 readmitted once reconnected")
 
 
 @pytest.mark.skipif(not cgroup_quota_available(), reason="no writable cgroup with the cpu controller here")
