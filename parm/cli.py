@@ -133,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="what parm export wrote")
     up.add_argument("--host", default="127.0.0.1", help="address every server binds (default 127.0.0.1)")
 
+    bench = cluster_actions.add_parser(
+        "bench", help="the tail benchmark on a local cluster: equal resources, hedging, the gateway relay, ParM"
+    )
+    bench.add_argument("--out", type=Path, default=Path("runs/cluster-bench"), help="report.md, summary.json, logs")
+    bench.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="what parm export wrote")
+    bench.add_argument("--workers", type=int, default=3, help="F workers (default 3)")
+    bench.add_argument("--parity-workers", type=int, default=1, help="parity workers (default 1)")
+    bench.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
+    bench.add_argument("--duration", type=float, default=20.0, help="seconds per cell and round (default 20)")
+    bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
+
     from parm.loadtest.cli import add_bench_parser, add_loadtest_parser, add_soak_parser
 
     add_bench_parser(commands)
@@ -164,6 +175,20 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             host=args.host,
         )
+    if args.command == "cluster" and args.action == "bench":
+        from parm.loadtest.clusterbench import ClusterBenchConfig, run_cluster_bench
+
+        config = ClusterBenchConfig(
+            out=args.out,
+            repository=args.model_repository,
+            workers=args.workers,
+            parity_workers=args.parity_workers,
+            rate=args.rate,
+            duration_s=args.duration,
+            rounds=args.rounds,
+        )
+        print(run_cluster_bench(config).read_text())
+        return 0
     if args.command == "cluster":
         from parm.cluster import run_cluster
 

@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,9 @@ class LocalCluster:
     """Starts, describes and stops a local cluster; a context manager.
 
     ``gateway_parameters`` override the coded endpoint's settings on the gateway (e.g. ``request_timeout_ms``).
+    ``parity_serves_f``: the parity workers serve F too (the benchmark's equal-resources baseline uses every
+    server for F). ``add_gateway_models(repository, f_addresses)`` may add models to the gateway's repository once
+    the workers' addresses are known (the benchmark's relay).
     """
 
     def __init__(
@@ -102,6 +105,8 @@ class LocalCluster:
         gateway_parameters: Mapping[str, str] | None = None,
         worker_args: Sequence[str] = (),
         startup_timeout: float = 120.0,
+        parity_serves_f: bool = False,
+        add_gateway_models: Callable[[Path, Sequence[str]], None] | None = None,
     ) -> None:
         if workers < 1 or parity_workers < 0:
             raise ConfigError(f"a cluster needs >= 1 F worker and >= 0 parity workers, got {workers}, {parity_workers}")
@@ -120,6 +125,8 @@ class LocalCluster:
         self.gateway_parameters = dict(gateway_parameters or {})
         self.worker_args = tuple(worker_args)
         self.startup_timeout = startup_timeout
+        self.parity_serves_f = parity_serves_f
+        self._add_gateway_models = add_gateway_models
         self.servers: list[ClusterServer] = []
 
     # -- repositories ----------------------------------------------------------------------------------------------
@@ -180,7 +187,8 @@ class LocalCluster:
             f_repo = self._repository("f", [self.f_model, *self.parity_models])
         planned = [ClusterServer(f"f{i}", "f", self._server(f"f{i}", f_repo)) for i in range(self.n_workers)]
         if self.n_parity_workers:
-            parity_repo = self._repository("parity", list(self.parity_models))
+            extra = [self.f_model] if self.parity_serves_f else []
+            parity_repo = self._repository("parity", [*extra, *self.parity_models])
             planned += [
                 ClusterServer(f"parity{i}", "parity", self._server(f"parity{i}", parity_repo))
                 for i in range(self.n_parity_workers)
@@ -194,6 +202,8 @@ class LocalCluster:
                 [m.server.grpc_url for m in planned if m.role == "f"],
                 [m.server.grpc_url for m in planned if m.role == "parity"],
             )
+            if self._add_gateway_models is not None:
+                self._add_gateway_models(gateway_repo, [m.server.grpc_url for m in planned if m.role == "f"])
             gateway = ClusterServer("gateway", "gateway", self._server("gateway", gateway_repo))
             gateway.server.start()
             self.servers.insert(0, gateway)

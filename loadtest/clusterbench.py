@@ -1,0 +1,316 @@
+"""The tail benchmark on a local cluster (``parm cluster bench``): the same open-loop arrivals and the same
+whole-server faults for every scheme, and the single-server benchmark's report and targets.
+
+Schemes, all on the same servers (N F workers and R parity workers, which here serve F too):
+
+- ``equal``: equal resources, every one of the N + R servers serving F, balanced by the client (the fewest calls
+  outstanding first, as a least-request load balancer does);
+- ``hedged``: ``equal`` with a backup copy after equal's fault-free p95, to whichever server has the fewest calls
+  outstanding (so, another one);
+- ``relay``: through the gateway, a model that only relays each request to an F worker over gRPC
+  (``grpc_relay_model.py``): the fair baseline for the gateway's hop;
+- ``parm-k2``: the coded endpoint on the gateway, F on the N F workers, parities on the R parity workers.
+
+Faults (scenario ``pause``): whole F-worker servers stopped (SIGSTOP of the process group) for ``pause_s`` seconds,
+one at a time, on a random F worker, spaced so that a worker is stopped ``paused_share`` of the time; every scheme
+sees the same schedule. On 2 cores the failure domains are processes, not machines: every server shares the same
+CPUs, so the numbers are relative to each other, not to a real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from parm.cluster import LocalCluster
+from parm.loadtest.openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
+from parm.loadtest.report import (
+    CellStats,
+    cell_stats,
+    check_targets,
+    markdown_report,
+    write_summary,
+)
+from parm.loadtest.server_faults import ServerPause
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = ("equal", "hedged", "relay", "parm-k2")
+SCENARIOS = ("no-fault", "pause")
+RELAY_SOURCE = Path(__file__).with_name("grpc_relay_model.py")
+RELAY_SUFFIX = "_relay"
+
+
+@dataclass(frozen=True)
+class ClusterBenchConfig:
+    out: Path
+    repository: Path = Path("model_repository")
+    workers: int = 3
+    parity_workers: int = 1
+    rate: float = 50.0
+    duration_s: float = 20.0
+    rounds: int = 2
+    seed: int = 0
+    pause_s: tuple[float, float] = (0.5, 3.0)
+    paused_share: float = 0.1
+    """Share of the time one F worker is stopped: with equal resources over N + R servers about
+    ``paused_share / (N + R)`` of the requests are hit (2.5% with the defaults)."""
+    warmup_s: float = 2.0
+    timeout_s: float = 10.0
+
+
+@dataclass
+class _Cell:
+    scheme: str
+    scenario: str
+    parts: list[RunResult] = field(default_factory=list)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    faults: int = 0
+
+
+class BalancedClient:
+    """``OpenLoopClient``'s interface over several servers: each call goes to the server with the fewest calls
+    outstanding (ties in turn)."""
+
+    def __init__(self, urls: Sequence[str], model: str, input_name: str, output_name: str, timeout_s: float) -> None:
+        self.model = model
+        self._clients = [OpenLoopClient(u, model, input_name, output_name, flag_output=False, timeout_s=timeout_s)
+                         for u in urls]  # fmt: skip
+        self._outstanding = [0] * len(urls)
+        self._turn = 0
+
+    async def __aenter__(self) -> BalancedClient:
+        for client in self._clients:
+            await client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in self._clients:
+            await client.__aexit__(*exc)
+
+    async def infer(self, x: np.ndarray) -> tuple[bool, int]:
+        self._turn += 1
+        n = len(self._clients)
+        index = min(range(n), key=lambda i: (self._outstanding[i], (i - self._turn) % n))
+        self._outstanding[index] += 1
+        try:
+            return await self._clients[index].infer(x)
+        finally:
+            self._outstanding[index] -= 1
+
+
+def pause_schedule(
+    duration_s: float, workers: Sequence[str], pause_s: tuple[float, float], share: float, seed: int
+) -> list[tuple[float, str, float]]:
+    """(start, worker, seconds) of whole-server pauses over a run, one at a time, about ``share`` of the time."""
+    rng = np.random.default_rng(seed)
+    events = []
+    at = float(rng.uniform(0.5, 2.0))
+    while True:
+        seconds = float(rng.uniform(*pause_s))
+        if at + seconds > duration_s - 0.5:
+            return events
+        events.append((at, str(rng.choice(list(workers))), seconds))
+        at += seconds / share * float(rng.uniform(0.5, 1.5))
+
+
+def _cluster_cpu_s(cluster: LocalCluster) -> float:
+    total = 0.0
+    for member in cluster.servers:
+        try:
+            processes = [psutil.Process(member.server.pid)]
+            processes += processes[0].children(recursive=True)
+        except psutil.Error:
+            continue
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+    return total
+
+
+class ClusterBench:
+    def __init__(self, config: ClusterBenchConfig) -> None:
+        self.config = config
+        self.queries = np.random.default_rng(config.seed).random((256, 1, 8, 8), dtype=np.float32)
+        self.hedge_delay_s: float | None = None
+        self.cluster = LocalCluster(
+            config.out / "cluster",
+            workers=config.workers,
+            parity_workers=config.parity_workers,
+            repository=config.repository,
+            parity_serves_f=True,
+            add_gateway_models=self._add_relay,
+        )
+
+    def _add_relay(self, repository: Path, f_addresses: Sequence[str]) -> None:
+        """The relay model on the gateway, with F's own signature (from F's config)."""
+        f_model = self.cluster.f_model
+        signature = "\n".join(_signature_lines((self.config.repository / f_model / "config.pbtxt").read_text()))
+        relay = repository / f"{f_model}{RELAY_SUFFIX}"
+        (relay / "1").mkdir(parents=True)
+        (relay / "1" / "model.py").write_text(RELAY_SOURCE.read_text())
+        (relay / "config.pbtxt").write_text(
+            f'name: "{relay.name}"\nbackend: "python"\n{signature}\n'
+            "instance_group { count: 1 kind: KIND_CPU }\n"
+            f'parameters {{ key: "f_model" value {{ string_value: "{f_model}" }} }}\n'
+            f'parameters {{ key: "f_workers" value {{ string_value: "{",".join(f_addresses)}" }} }}\n'
+        )
+
+    def _client(self, scheme: str) -> Any:
+        cluster, config = self.cluster, self.config
+        if scheme in ("equal", "hedged"):
+            urls = [cluster[name].grpc_url for name in cluster.names("f") + cluster.names("parity")]
+            return BalancedClient(urls, cluster.f_model, "input", "logits", config.timeout_s)
+        model = cluster.coded if scheme.startswith("parm") else f"{cluster.f_model}{RELAY_SUFFIX}"
+        return OpenLoopClient(
+            cluster.gateway.grpc_url, model, "input", "logits", flag_output=scheme.startswith("parm"),
+            timeout_s=config.timeout_s,
+        )  # fmt: skip
+
+    async def _load(self, scheme: str, duration_s: float, seed: int) -> RunResult:
+        arrivals = poisson_arrivals(self.config.rate, duration_s, seed)
+        hedge = self.hedge_delay_s if scheme == "hedged" else None
+        async with self._client(scheme) as client:
+            return await run_open_loop(
+                client, self.queries, arrivals, rate=self.config.rate, duration_s=duration_s, seed=seed,
+                hedge_delay_s=hedge,
+            )  # fmt: skip
+
+    def _faults(self, scenario: str, seed: int) -> list[tuple[float, str, float]]:
+        if scenario == "no-fault":
+            return []
+        config = self.config
+        return pause_schedule(config.duration_s, self.cluster.names("f"), config.pause_s, config.paused_share, seed)
+
+    async def run_cell(self, cell: _Cell, round_: int) -> None:
+        config = self.config
+        seed = config.seed + 1000 * round_
+        await self._load(cell.scheme, config.warmup_s, seed + 7919)
+        schedule = self._faults(cell.scenario, seed)
+        timers, faults = [], []
+
+        def pause(worker: str, seconds: float) -> None:
+            fault = ServerPause(self.cluster[worker].pid, max_seconds=seconds)
+            faults.append(fault)
+            fault.apply()
+
+        for at, worker, seconds in schedule:
+            timer = threading.Timer(at, pause, args=(worker, seconds))
+            timer.daemon = True
+            timers.append(timer)
+        cpu_before, started = _cluster_cpu_s(self.cluster), time.monotonic()
+        for timer in timers:
+            timer.start()
+        try:
+            result = await self._load(cell.scheme, config.duration_s, seed)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            for fault in faults:
+                fault.undo()
+        cell.cpu_s += _cluster_cpu_s(self.cluster) - cpu_before
+        cell.wall_s += time.monotonic() - started
+        cell.faults += len(faults)
+        cell.parts.append(result)
+        if cell.scheme == "equal" and cell.scenario == "no-fault" and self.hedge_delay_s is None:
+            self.hedge_delay_s = float(np.percentile(result.latencies, 95))
+
+    def run(self) -> list[CellStats]:
+        config = self.config
+        cells = [_Cell(scheme, scenario) for scenario in SCENARIOS for scheme in SCHEMES]
+        with self.cluster:
+            for round_ in range(config.rounds):
+                for cell in cells:
+                    logger.info("round %d: %s / %s", round_ + 1, cell.scenario, cell.scheme)
+                    asyncio.run(self.run_cell(cell, round_))
+        return [self._stats(cell) for cell in cells]
+
+    def _stats(self, cell: _Cell) -> CellStats:
+        merged = _merge(cell.parts)
+        instances = self.config.workers + self.config.parity_workers
+        return cell_stats(
+            merged,
+            scenario=cell.scenario,
+            scheme=cell.scheme,
+            instances=instances,
+            cpu_s={"servers": cell.cpu_s},
+            cpu_wall_s=cell.wall_s,
+            cpus=psutil.cpu_count(),
+            rounds=cell.parts,
+        )
+
+
+def _signature_lines(config_text: str) -> list[str]:
+    """The ``max_batch_size``, ``input`` and ``output`` blocks of a config.pbtxt, as lines."""
+    lines, depth, keep = [], 0, False
+    for line in config_text.splitlines():
+        stripped = line.strip()
+        if depth == 0:
+            keep = stripped.startswith(("input", "output", "max_batch_size"))
+        if keep:
+            lines.append(line)
+        depth += line.count("{") + line.count("[") - line.count("}") - line.count("]")
+    return lines
+
+
+def _merge(parts: Sequence[RunResult]) -> RunResult:
+    """The rounds of one cell as one run (records renumbered, durations added)."""
+    first = parts[0]
+    records = [record for part in parts for record in part.records]
+    return RunResult(
+        model=first.model,
+        rate=first.rate,
+        duration_s=sum(part.duration_s for part in parts),
+        started_wall=first.started_wall,
+        records=records,
+        hedge_delay_s=first.hedge_delay_s,
+        max_send_lag_s=max(part.max_send_lag_s for part in parts),
+        wall_s=sum(part.wall_s for part in parts),
+        unfinished=sum(part.unfinished for part in parts),
+        gc_pauses=[pause for part in parts for pause in part.gc_pauses],
+    )
+
+
+def run_cluster_bench(config: ClusterBenchConfig) -> Path:
+    """Runs the benchmark, writes ``report.md`` and ``summary.json`` under ``config.out``; returns the report."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    bench = ClusterBench(config)
+    cells = bench.run()
+    checks = check_targets(cells)
+    header = [
+        f"Cluster: {config.workers} F workers, {config.parity_workers} parity workers (serving F too, for the "
+        f"equal-resources baseline) and a gateway. {config.rate:g} requests/s, {config.duration_s:g} s x "
+        f"{config.rounds} rounds per cell; whole F-worker pauses of {config.pause_s[0]:g}-{config.pause_s[1]:g} s, "
+        f"one worker stopped {config.paused_share:.0%} of the time; hedge delay "
+        f"{1000 * (bench.hedge_delay_s or 0):.1f} ms (equal's fault-free p95). The servers share this machine's "
+        "CPUs: the failure domains are processes, not machines, so the numbers are relative.",
+    ]
+    errors: dict[str, int] = {}
+    for cell in cells:
+        for kind, count in cell.error_kinds.items():
+            errors[f"{cell.scenario}/{cell.scheme}: {kind}"] = count
+    report = config.out / "report.md"
+    report.write_text(markdown_report(cells, checks, header, errors))
+    write_summary(
+        config.out / "summary.json",
+        {
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            "hedge_delay_ms": None if bench.hedge_delay_s is None else 1000 * bench.hedge_delay_s,
+            "cells": [cell.as_json() for cell in cells],
+            "targets": [check.as_json() for check in checks],
+        },
+    )
+    return report
