@@ -22,23 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from . import linear
 from .budget import ParityBudget
 from .config import OrchestratorConfig, ParityPolicy
-from .contract import (
-    DECODER_AVAILABLE_INPUT,
-    DECODER_OUTPUT,
-    DECODER_OUTPUTS_INPUT,
-    DECODER_PARITY_INPUT,
-    ENCODER_INPUT,
-    ENCODER_OUTPUT,
-)
 from .errors import OrchestratorError, TargetError
+from .group_code import GroupCode
 from .groups import (
     Answer,
     AnswerSource,
     CodingGroup,
     FillerCache,
+    GroupState,
     Member,
     ParityReason,
     Slot,
@@ -72,8 +65,7 @@ class CodedDispatcher:
         config: OrchestratorConfig,
         f_workers: WorkerPool,
         parity_workers: WorkerPool,
-        encoder: Target,
-        decoder: Target,
+        code: GroupCode,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """``f_workers`` and ``parity_workers`` may be the same pool (parities on F workers outside the group)."""
@@ -85,8 +77,7 @@ class CodedDispatcher:
         self.f_workers = f_workers
         self.parity_workers = parity_workers
         f_workers.on_eject = self._worker_ejected
-        self._encoder = encoder
-        self._decoder = decoder
+        self._code = code
         self._loop = loop
         self._open: dict[tuple, CodingGroup] = {}
         self._fillers = FillerCache(config.filler_cache_size)
@@ -105,8 +96,7 @@ class CodedDispatcher:
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
         self._code_weights = np.array(config.code_weights, dtype=np.float64) if config.code_weights else None
-        self._inline = self._code_weights if config.inline_code else None
-        """The code's weights when it is encoded and decoded in process, else None (the code models run it)."""
+        """A linear code's weights: which arrived parities solve which erased members (``CodingGroup.can_decode``)."""
         self.stats = DispatcherStats()
 
     @property
@@ -145,9 +135,8 @@ class CodedDispatcher:
         """Accepts one validated request; ``reply`` is called exactly once: on the loop thread, or for F's own
         answer on the thread where the F target handed it over (so ``reply`` must be thread-safe)."""
         request_id = next(self._ids)
-        member = Member(
-            request_id, inputs, self._loop.time(), partial(self._send_answer, request_id, reply), self.decode_after
-        )
+        member = Member(request_id, inputs, self._loop.time(), reply, self.decode_after)
+        member.reply = partial(self._send_answer, member, reply)  # counts the answer, then sends it
         self.stats.requests += 1
         if self._closed:
             self._answer(member, Answer(AnswerSource.ERROR, error="the coded endpoint is shutting down"))
@@ -231,23 +220,21 @@ class CodedDispatcher:
             del self._open[group.key]
         unanswered = [member for member in group.members if not member.answered]  # F may answer one meanwhile
         if not unanswered:
-            group.closed = True
+            group.move(GroupState.UNNEEDED)
             self.stats.groups_unneeded += 1
             return
         if not group.full:
             filler = self._fillers.take(group.slots[0].inputs)
             if filler is None:
-                group.closed = True
                 self._go_without_parity(group, "no filler query was known yet")
                 return
             self.stats.groups_filled += 1
             while not group.full:
                 group.add(filler[0], None, outputs=filler[1])
-        group.closed = True
         if self._config.parity_policy is ParityPolicy.EAGER:
             self._send_parity(group, ParityReason.EAGER)
             return
-        group.parity_pending = True
+        group.move(GroupState.PARITY_PENDING)
         if any(slot.failure is not None for slot in group.slots):
             self._send_parity(group, ParityReason.FAILURE)
             return
@@ -266,7 +253,7 @@ class CodedDispatcher:
             return
         unanswered = [member for member in group.members if not member.answered]
         if not unanswered:
-            group.parity_pending = False
+            group.move(GroupState.UNNEEDED)
             self.stats.groups_unneeded += 1
             return
         now = self._loop.time()
@@ -350,11 +337,10 @@ class CodedDispatcher:
                     self._parity_queue[group] = why
                 return
             reason = f"max_parity_in_flight={self._config.max_parity_in_flight} parity computations already running"
-        group.parity_pending = False
         if reason is not None:
             self._go_without_parity(group, reason)
             return
-        group.parity_sent = True
+        group.move(GroupState.PARITY_SENT)
         self.stats.parities[why] += 1
         real = len(group.members)
         self.stats.group_members_real += real
@@ -370,7 +356,7 @@ class CodedDispatcher:
             if not group.parity_pending or self._closed:
                 continue
             if all(member.answered for member in group.members):
-                group.parity_pending = False
+                group.move(GroupState.UNNEEDED)
                 self.stats.groups_unneeded += 1
                 continue
             self._send_parity(group, why)
@@ -378,6 +364,7 @@ class CodedDispatcher:
     def _go_without_parity(self, group: CodingGroup, reason: str) -> None:
         """The group will have no parity: members whose F already failed get their error now."""
         group.no_parity_reason = reason
+        group.move(GroupState.UNPROTECTED)
         self.stats.groups_unprotected += 1
         self._fail_unrecoverable(group)
 
@@ -444,7 +431,7 @@ class CodedDispatcher:
         started = time.perf_counter()
         try:
             try:
-                parity_queries = await self._encode(group)
+                parity_queries = await self._code.encode(group)
             except TargetError as error:
                 self._parity_failed(group, range(group.r), error)
                 return
@@ -500,35 +487,6 @@ class CodedDispatcher:
             group.parity_errors[index] = str(error)
         self._fail_unrecoverable(group)
 
-    async def _encode(self, group: CodingGroup) -> Tensors:
-        """Each input of the group's k slots -> its r parity queries [r, B, *q]: in process for a linear code,
-        else through the encoder model."""
-        names = list(group.slots[0].inputs)
-        stacked = [np.stack([slot.inputs[name] for slot in group.slots]) for name in names]
-        if self._inline is not None:
-            return {name: linear.encode(self._inline, x) for name, x in zip(names, stacked, strict=True)}
-        encoded = await asyncio.gather(*(self._encoder.infer({ENCODER_INPUT: x}, [ENCODER_OUTPUT]) for x in stacked))
-        return {name: result[ENCODER_OUTPUT] for name, result in zip(names, encoded, strict=True)}
-
-    async def _decode(self, group: CodingGroup) -> dict[str, np.ndarray]:
-        """Each output's rebuilt values [k, B, *o] (valid on the erased slots): in process for a linear code, else
-        through the decoder model."""
-        names = self._config.output_names
-        if self._inline is not None:
-            decoded = {}
-            rows = group.arrived_parities()  # a subset of the r parities may do (``CodingGroup.can_decode``)
-            for name in names:
-                parity = np.stack([group.parity_outputs[j][name] for j in rows])
-                arrived = [None if slot.outputs is None else slot.outputs[name] for slot in group.slots]
-                rebuilt = linear.decode(self._inline[rows], parity, arrived)
-                template = np.zeros_like(parity[0])
-                decoded[name] = np.stack([rebuilt.get(i, template) for i in range(len(group.slots))])
-            return decoded
-        results = await asyncio.gather(
-            *(self._decoder.infer(self._decoder_inputs(group, name), [DECODER_OUTPUT]) for name in names)
-        )
-        return {name: result[DECODER_OUTPUT] for name, result in zip(names, results, strict=True)}
-
     def _try_decode(self, group: CodingGroup) -> None:
         """Starts a decode when the code can rebuild a missing answer and the policy allows it."""
         if group.decoding or not group.can_decode():
@@ -539,20 +497,20 @@ class CodedDispatcher:
             for slot in group.erased()
         ):
             return
-        group.decoding = True
+        group.move(GroupState.DECODING)
         self._spawn(self._run_decode(group))
 
     async def _run_decode(self, group: CodingGroup) -> None:
         erased = group.erased()
         started = time.perf_counter()
         try:
-            decoded = await self._decode(group)
+            decoded = await self._code.decode(group)
         except TargetError as error:
             self.stats.decode_failures += 1
             logger.warning("decode failed, members wait for F or their deadline: %s", error)
             return
         finally:
-            group.decoding = False
+            group.move(GroupState.PARITY_SENT)
         self.stats.decode_seconds.append(time.perf_counter() - started)
         now = self._loop.time()
         for slot in erased:
@@ -561,18 +519,6 @@ class CodedDispatcher:
                 continue
             self._answer(member, Answer(AnswerSource.REBUILT, {name: decoded[name][slot.index] for name in decoded}))
         self._try_decode(group)
-
-    def _decoder_inputs(self, group: CodingGroup, name: str) -> Tensors:
-        """The decoder model's inputs for output ``name``: missing answers (members' or parities') are zeros, and
-        ``available`` [k + r] says which they are."""
-        answers = [slot.outputs for slot in group.slots] + group.parity_outputs
-        template = np.zeros_like(next(outputs for outputs in answers if outputs is not None)[name])
-        stacked = np.stack([template if outputs is None else outputs[name] for outputs in answers])
-        return {
-            DECODER_PARITY_INPUT: stacked[group.k :],
-            DECODER_OUTPUTS_INPUT: stacked[: group.k],
-            DECODER_AVAILABLE_INPUT: np.array([outputs is not None for outputs in answers], dtype=np.float32),
-        }
 
     def _fail_unrecoverable(self, group: CodingGroup) -> None:
         """Members whose F already failed get their error now, once the group can no longer rebuild them."""
@@ -609,14 +555,16 @@ class CodedDispatcher:
         for timer in self._timers.pop(member.request_id, []):
             timer.cancel()
 
-    def _send_answer(self, request_id: int, reply: Callable[[Answer], None], answer: Answer) -> None:
-        """Counts and sends the one answer of a request, on whichever thread won it. A failing reply callback is
-        logged: it must not break the orchestrator's bookkeeping."""
+    def _send_answer(self, member: Member, reply: Callable[[Answer], None], answer: Answer) -> None:
+        """Counts and sends the one answer of a request, on whichever thread won it (per source, and per source for
+        the worker its F call went to). A failing reply callback is logged: it must not break the bookkeeping."""
         self.stats.count_answer(answer.source)
+        if member.worker is not None:
+            member.worker.count_answer(answer.source)
         try:
             reply(answer)
         except Exception:
-            logger.exception("sending the answer of request %d failed", request_id)
+            logger.exception("sending the answer of request %d failed", member.request_id)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coroutine)

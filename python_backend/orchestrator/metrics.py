@@ -230,6 +230,15 @@ class _WorkerMetrics:
         self._latency = factory.histogram(
             "parm_worker_latency_seconds", "Duration of the worker's answered calls", labels, DURATION_BUCKETS
         )
+        self._answers = {
+            source: factory.counter(
+                "parm_worker_answers_total",
+                "Requests whose F call went to the worker, by how they were answered: its own answer (original), "
+                "rebuilt around it, or an error",
+                {**labels, "source": source.value},
+            )
+            for source in AnswerSource
+        }
         self._last: dict[str, float] = {}
 
     def flush(self, worker: Worker) -> None:
@@ -242,6 +251,11 @@ class _WorkerMetrics:
         if ejections > self._last.get("ejections", 0.0):
             self._ejections.increment(ejections - self._last.get("ejections", 0.0))
             self._last["ejections"] = ejections
+        for source, counter in self._answers.items():
+            value = float(worker.answers[source])
+            if value > self._last.get(source.value, 0.0):
+                counter.increment(value - self._last.get(source.value, 0.0))
+                self._last[source.value] = value
         latencies, worker.latencies = worker.latencies or [], [] if worker.latencies is not None else None
         for seconds in latencies:
             self._latency.observe(seconds)

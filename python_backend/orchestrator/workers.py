@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -35,7 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import OrchestratorConfig, check_worker_address
-from .groups import Tensors
+from .groups import AnswerSource, Tensors
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,14 @@ class Worker:
     whose latency Triton's own metrics already give)."""
     retired: bool = False
     """No longer named by its DNS record: it gets no new work, and goes once its calls are done."""
+    answers: dict[AnswerSource, int] = field(default_factory=lambda: dict.fromkeys(AnswerSource, 0))
+    """How the requests whose F call it ran were answered: its own answer, rebuilt around it, or an error."""
+    _answers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_answer(self, source: AnswerSource) -> None:
+        """Counts one answer (on whichever thread sent it)."""
+        with self._answers_lock:
+            self.answers[source] += 1
 
     def serves(self, model: str | None) -> bool:
         return model is None or model in self.targets

@@ -31,6 +31,7 @@ from parm_orchestrator import (
     validate_query,
 )
 from parm_orchestrator.contract import RECONSTRUCTED_OUTPUT
+from parm_orchestrator.group_code import group_code
 from parm_orchestrator.metrics import FLUSH_PERIOD_S, MetricsExporter
 from parm_orchestrator.workers import local_pools
 
@@ -152,14 +153,7 @@ class TritonPythonModel:
             f_pool, parity_pool = local_pools(
                 config, [BlsTarget(name) for name in config.f_models], [BlsTarget(n) for n in config.parity_models]
             )
-        self._dispatcher = CodedDispatcher(
-            config,
-            f_pool,
-            parity_pool,
-            encoder=BlsTarget(config.encoder_model),
-            decoder=BlsTarget(config.decoder_model),
-            loop=self._loop,
-        )
+        self._dispatcher = CodedDispatcher(config, f_pool, parity_pool, group_code(config, BlsTarget), self._loop)
         if monitor is not None:
             self._loop.call_soon_threadsafe(self._dispatcher.watch, monitor)
         self._metric_factory = TritonMetricFactory()

@@ -25,6 +25,7 @@ from parm.backend.orchestrator.contract import (
     ENCODER_OUTPUT,
 )
 from parm.backend.orchestrator.dispatcher import TASK_CRASHED
+from parm.backend.orchestrator.group_code import group_code
 from parm.backend.orchestrator.workers import local_pools
 
 T = TypeVar("T")
@@ -171,6 +172,13 @@ def query(marker: float, batch: int = 1, seed: int | None = None) -> dict[str, n
     return {"x": x}
 
 
+def make_dispatcher(config, f_pool, parity_pool, encoder, decoder) -> CodedDispatcher:
+    """A dispatcher on the running loop whose code reaches ``encoder`` and ``decoder`` by their config names."""
+    models = {config.encoder_model: encoder, config.decoder_model: decoder}
+    code = group_code(config, models.__getitem__)
+    return CodedDispatcher(config, f_pool, parity_pool, code, asyncio.get_running_loop())
+
+
 class Harness:
     """One dispatcher on the running loop, recording every reply per request. ``inline``: a linear code encoded and
     decoded in process (``code_weights``), where the encoder and decoder models must never be called."""
@@ -189,12 +197,8 @@ class Harness:
             decoder = FailingTarget("f_decoder")
         self.decoder = decoder or SubtractionDecoder()
         self.config = make_config(**config)
-        self.dispatcher = CodedDispatcher(
-            self.config,
-            *local_pools(self.config, [self.f], self.parities),
-            encoder,
-            self.decoder,
-            asyncio.get_running_loop(),
+        self.dispatcher = make_dispatcher(
+            self.config, *local_pools(self.config, [self.f], self.parities), encoder, self.decoder
         )
         self.replies: dict[int, list] = {}
         self.queries: dict[int, dict] = {}

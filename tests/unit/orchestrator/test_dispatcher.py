@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from parm.backend.orchestrator import AnswerSource, CodedDispatcher, ParityPolicy
+from parm.backend.orchestrator import AnswerSource, ParityPolicy
 from parm.backend.orchestrator.groups import ParityReason
 from parm.backend.orchestrator.workers import local_pools
 
-from .helpers import FailingTarget, Harness, LinearF, SumEncoder, linear_f, query, run_checked
+from .helpers import FailingTarget, Harness, LinearF, SumEncoder, linear_f, make_dispatcher, query, run_checked
 
 
 @pytest.fixture(autouse=True, params=["code models", "inline code"])
@@ -265,7 +265,7 @@ def test_members_of_a_group_go_to_distinct_f_targets_when_there_are_enough(targe
         fs = [LinearF(f"f{i}") for i in range(targets)]
         h = Harness(f_models=tuple(f.name for f in fs))
         pools = local_pools(h.config, fs, [h.parity])
-        h.dispatcher = CodedDispatcher(h.config, *pools, SumEncoder(), h.decoder, asyncio.get_running_loop())
+        h.dispatcher = make_dispatcher(h.config, *pools, SumEncoder(), h.decoder)
         for request in [h.submit(m) for m in (0.1, 0.2)]:
             await h.answer(request)
         assert sum(f.calls for f in fs) == 2

@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parm.backend.orchestrator import AnswerSource, CodedDispatcher
+from parm.backend.orchestrator import AnswerSource
 from parm.backend.orchestrator.workers import local_pools
 
-from .helpers import LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, query, run_checked
+from .helpers import LinearF, SubtractionDecoder, SumEncoder, linear_f, make_config, make_dispatcher, query, run_checked
 
 BEHAVIOURS = ("fast", "slow", "paused", "failed")
 
@@ -36,7 +36,7 @@ async def _scenario(requests, k, decode_after_ms):
     f = LinearF()
     config = make_config(k=k, decode_after_ms=decode_after_ms, request_timeout_ms=150.0, fill_timeout_ms=2.0)
     pools = local_pools(config, [f], [LinearF("f_parity")])
-    dispatcher = CodedDispatcher(config, *pools, SumEncoder(), SubtractionDecoder(), asyncio.get_running_loop())
+    dispatcher = make_dispatcher(config, *pools, SumEncoder(), SubtractionDecoder())
     replies: list[list] = [[] for _ in requests]
     queries = []
     for index, (batch, behaviour, gap) in enumerate(requests):

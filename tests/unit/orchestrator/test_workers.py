@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parm.backend.orchestrator import AnswerSource, CodedDispatcher
+from parm.backend.orchestrator import AnswerSource
 from parm.backend.orchestrator.workers import (
     MAX_DOUBLINGS,
     PROBE_FAILURES_TO_EJECT,
@@ -22,7 +22,7 @@ from parm.backend.orchestrator.workers import (
     resolve,
 )
 
-from .helpers import Harness, LinearF, SubtractionDecoder, SumEncoder, run_checked
+from .helpers import Harness, LinearF, SubtractionDecoder, SumEncoder, make_dispatcher, run_checked
 
 
 def test_an_ejection_lasts_a_cooldown_that_doubles_while_ejections_repeat_and_is_capped() -> None:
@@ -183,7 +183,7 @@ def test_the_calls_an_ejected_worker_holds_are_rebuilt_at_once() -> None:
             WorkerRole.PARITY, [h.parity], 1.0, ejectable=True, setting="parity_cooldown_ms=1000"
         )
         loop = asyncio.get_running_loop()
-        h.dispatcher = CodedDispatcher(h.config, f_pool, parity_pool, SumEncoder(), SubtractionDecoder(), loop)
+        h.dispatcher = make_dispatcher(h.config, f_pool, parity_pool, SumEncoder(), SubtractionDecoder())
         first, second = h.submit(0.1), h.submit(0.2)
         assert (await h.answer(second)).source is AnswerSource.ORIGINAL
         await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import linear
+from .errors import OrchestratorError
 
 if TYPE_CHECKING:
     from .workers import Worker
@@ -41,6 +42,33 @@ class ParityReason(Enum):
     """A late member's F call was overtaken by answers to later requests (``budget``)."""
     BUDGET = "budget"
     """A late member, within the parity budget (``budget``)."""
+
+
+class GroupState(Enum):
+    """Where a coding group is in its life. ``CodingGroup.move`` allows only the transitions of ``_NEXT``."""
+
+    OPEN = "open"
+    """Forming: requests with its input shapes join it until it is full or its fill timeout."""
+    PARITY_PENDING = "parity_pending"
+    """Closed; its parity waits until a member turns out late (``on_demand``) or for a parity slot."""
+    PARITY_SENT = "parity_sent"
+    """Its parity computation started: its missing answers can be rebuilt."""
+    DECODING = "decoding"
+    """A decode of its missing answers is running (it goes back to ``PARITY_SENT`` when done)."""
+    UNNEEDED = "unneeded"
+    """Closed with every member answered in time: no parity was needed."""
+    UNPROTECTED = "unprotected"
+    """Closed without a parity (``no_parity_reason`` says why): its missing answers cannot be rebuilt."""
+
+
+_NEXT = {
+    GroupState.OPEN: {GroupState.PARITY_PENDING, GroupState.PARITY_SENT, GroupState.UNNEEDED, GroupState.UNPROTECTED},
+    GroupState.PARITY_PENDING: {GroupState.PARITY_SENT, GroupState.UNNEEDED, GroupState.UNPROTECTED},
+    GroupState.PARITY_SENT: {GroupState.DECODING},
+    GroupState.DECODING: {GroupState.PARITY_SENT},
+    GroupState.UNNEEDED: set(),
+    GroupState.UNPROTECTED: set(),
+}
 
 
 @dataclass(frozen=True)
@@ -138,19 +166,39 @@ class CodingGroup:
     parity_outputs: list[Tensors | None] = field(default_factory=list)
     parity_errors: dict[int, str] = field(default_factory=dict)
     """Failed parity computations: parity index -> error."""
+    state: GroupState = GroupState.OPEN
     no_parity_reason: str | None = None
-    parity_sent: bool = False
-    parity_pending: bool = False
-    """Closed, its parity deferred until a member turns out late (``ParityPolicy.ON_DEMAND``)."""
+    """Why it went ``UNPROTECTED``."""
     parity_withheld: bool = False
-    """A member turned out late, but is no known straggler and the parity budget was empty (``budget``)."""
-    closed: bool = False
-    decoding: bool = False
+    """While ``PARITY_PENDING``: a member turned out late, but is no known straggler and the parity budget was empty
+    (``budget``); counted once per group."""
     domains: set[str] = field(default_factory=set)
     """The workers its members' F calls went to: its parity goes elsewhere when it can."""
 
     def __post_init__(self) -> None:
         self.parity_outputs = [None] * self.r
+
+    def move(self, state: GroupState) -> None:
+        """Moves to ``state``; an illegal transition is a bug in the orchestrator, and raises."""
+        if state not in _NEXT[self.state]:
+            raise OrchestratorError(f"coding group: illegal transition {self.state.value} -> {state.value}")
+        self.state = state
+
+    @property
+    def closed(self) -> bool:
+        return self.state is not GroupState.OPEN
+
+    @property
+    def parity_pending(self) -> bool:
+        return self.state is GroupState.PARITY_PENDING
+
+    @property
+    def parity_sent(self) -> bool:
+        return self.state in (GroupState.PARITY_SENT, GroupState.DECODING)
+
+    @property
+    def decoding(self) -> bool:
+        return self.state is GroupState.DECODING
 
     @property
     def full(self) -> bool:
@@ -183,7 +231,7 @@ class CodingGroup:
 
     def unrecoverable_reason(self) -> str | None:
         """Why this group can never rebuild a missing answer, or None while it still might."""
-        if self.closed and not self.parity_sent and not self.parity_pending:
+        if self.state in (GroupState.UNNEEDED, GroupState.UNPROTECTED):
             return f"its coding group was closed without a parity ({self.no_parity_reason})"
         if len(self.parity_errors) == self.r:
             return f"the parity computation failed ({next(iter(self.parity_errors.values()))})"
