@@ -44,18 +44,39 @@ def _wait_all(processes: list[psutil.Process], stopped: bool, timeout: float = 2
             time.sleep(0.001)
 
 
+STUB_HEARTBEAT_GRACE_S = 0.05
+"""How long the stubs run on their own after a pause before the server resumes (see ``ServerPause``)."""
+
+
 class ServerPause(Fault):
-    """SIGSTOP to the server's whole process group: it holds every call it took and answers nothing, while the
-    kernel still completes TCP handshakes for it; SIGCONT undoes it."""
+    """The whole server stopped (SIGSTOP to every process of it): it holds every call it took and answers nothing,
+    while the kernel still completes TCP handshakes for it; undone with SIGCONT.
+
+    Order matters. The server judges each Python-backend stub by a heartbeat the stub refreshes every 300 ms, and a
+    stub whose heartbeat is older than about a second while the server waits on it is declared dead: the server
+    fails that request and may crash on the next one (measured: a single ``killpg`` SIGSTOP/SIGCONT of 2 s under
+    load crashed the server with SIGSEGV after the 4th pause). So the server stops first and resumes last, after its
+    stubs have had ``STUB_HEARTBEAT_GRACE_S`` to refresh their heartbeats.
+    """
 
     kind = "server-pause"
 
     def _apply(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
         processes = server_processes(self.pid)
         os.killpg(self.pid, signal.SIGSTOP)
         _wait_all(processes, stopped=True)
 
     def _undo(self) -> None:
+        try:
+            stubs = server_processes(self.pid)[1:]
+        except psutil.NoSuchProcess:
+            return
+        for stub in stubs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                stub.resume()
+        _wait_all(stubs, stopped=False)
+        time.sleep(STUB_HEARTBEAT_GRACE_S)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGCONT)
         with contextlib.suppress(psutil.NoSuchProcess):
