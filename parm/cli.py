@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=20.0, help="seconds per cell and round (default 20)")
     bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
 
+    soak = cluster_actions.add_parser(
+        "soak", help="a long load on a local cluster under random whole-server stalls, kills and throttling"
+    )
+    soak.add_argument("--out", type=Path, default=Path("runs/cluster-soak"), help="soak.json, soak.md, logs")
+    soak.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="what parm export wrote")
+    soak.add_argument("--rate", type=float, default=150.0, help="requests per second (default 150)")
+    soak.add_argument("--duration", type=float, default=700.0, help="seconds of load (default 700: 100,000 requests)")
+
     from parm.loadtest.cli import add_bench_parser, add_loadtest_parser, add_soak_parser
 
     add_bench_parser(commands)
@@ -189,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(run_cluster_bench(config).read_text())
         return 0
+    if args.command == "cluster" and args.action == "soak":
+        from parm.loadtest.clustersoak import ClusterSoakConfig, run_cluster_soak
+
+        soak_config = ClusterSoakConfig(
+            out=args.out, repository=args.model_repository, rate=args.rate, duration_s=args.duration
+        )
+        summary = run_cluster_soak(soak_config)
+        print((args.out / "soak.md").read_text())
+        return 0 if summary["passed"] else 1
     if args.command == "cluster":
         from parm.cluster import run_cluster
 
