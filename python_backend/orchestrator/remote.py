@@ -63,7 +63,7 @@ class GrpcTarget:
             request.append(tensor)
         wanted = [grpcclient.InferRequestedOutput(name) for name in output_names]
         if timeout is not None and timeout <= 0:
-            raise TargetError(self._where, "no time left before the request's deadline")
+            raise TargetError(self._where, "no time left before the request's deadline", worker_fault=False)
         try:
             result = await self._client.infer(self.name, request, outputs=wanted, client_timeout=timeout)
         except InferenceServerException as error:
