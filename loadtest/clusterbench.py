@@ -11,10 +11,11 @@ Schemes, all on the same servers (N F workers and R parity workers, which here s
   (``grpc_relay_model.py``): the fair baseline for the gateway's hop;
 - ``parm-k2``: the coded endpoint on the gateway, F on the N F workers, parities on the R parity workers.
 
-Faults (scenario ``pause``): whole F-worker servers stopped (SIGSTOP of the process group) for ``pause_s`` seconds,
-one at a time, on a random F worker, spaced so that a worker is stopped ``paused_share`` of the time; every scheme
-sees the same schedule. On 2 cores the failure domains are processes, not machines: every server shares the same
-CPUs, so the numbers are relative to each other, not to a real cluster.
+Faults (scenario ``faults``): whole F-worker servers stopped (``ServerPause``) for ``pause_s`` seconds or throttled
+(``ServerCpuQuota``, ``throttle_cpus`` of a CPU) for ``throttle_s``, one fault at a time on a random F worker,
+spaced so that a worker is faulty ``faulty_share`` of the time; every scheme sees the same schedule. On 2 cores
+the failure domains are processes, not machines: every server shares the same CPUs, so the numbers are relative to
+each other, not to a real cluster.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import psutil
 
 from parm.cluster import LocalCluster
+from parm.loadtest.faults import Fault, cgroup_quota_available
 from parm.loadtest.openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
 from parm.loadtest.report import (
     CellStats,
@@ -40,12 +42,12 @@ from parm.loadtest.report import (
     markdown_report,
     write_summary,
 )
-from parm.loadtest.server_faults import ServerPause
+from parm.loadtest.server_faults import ServerCpuQuota, ServerPause
 
 logger = logging.getLogger(__name__)
 
 SCHEMES = ("equal", "hedged", "relay", "parm-k2")
-SCENARIOS = ("no-fault", "pause")
+SCENARIOS = ("no-fault", "faults")
 RELAY_SOURCE = Path(__file__).with_name("grpc_relay_model.py")
 RELAY_SUFFIX = "_relay"
 
@@ -60,10 +62,14 @@ class ClusterBenchConfig:
     duration_s: float = 20.0
     rounds: int = 2
     seed: int = 0
-    pause_s: tuple[float, float] = (0.5, 3.0)
-    paused_share: float = 0.1
-    """Share of the time one F worker is stopped: with equal resources over N + R servers about
-    ``paused_share / (N + R)`` of the requests are hit (2.5% with the defaults)."""
+    pause_s: tuple[float, float] = (0.5, 5.0)
+    throttle_s: tuple[float, float] = (1.0, 4.0)
+    throttle_cpus: float = 0.05
+    throttle_share: float = 0.3
+    """Share of the faults that throttle instead of stopping (none where cgroups cannot limit the CPU)."""
+    faulty_share: float = 0.1
+    """Share of the time one F worker is faulty: with equal resources over N + R servers about
+    ``faulty_share / (N + R)`` of the requests are hit (2.5% with the defaults)."""
     warmup_s: float = 2.0
     timeout_s: float = 10.0
 
@@ -75,7 +81,7 @@ class _Cell:
     parts: list[RunResult] = field(default_factory=list)
     cpu_s: float = 0.0
     wall_s: float = 0.0
-    faults: int = 0
+    fault_log: list[Fault] = field(default_factory=list)
 
 
 class BalancedClient:
@@ -109,19 +115,22 @@ class BalancedClient:
             self._outstanding[index] -= 1
 
 
-def pause_schedule(
-    duration_s: float, workers: Sequence[str], pause_s: tuple[float, float], share: float, seed: int
-) -> list[tuple[float, str, float]]:
-    """(start, worker, seconds) of whole-server pauses over a run, one at a time, about ``share`` of the time."""
+def fault_schedule(
+    config: ClusterBenchConfig, workers: Sequence[str], seed: int
+) -> list[tuple[float, str, str, float]]:
+    """(start, kind, worker, seconds) of whole-server faults over a run, one at a time, about ``faulty_share`` of
+    the time; kind is ``pause`` or ``throttle``."""
     rng = np.random.default_rng(seed)
+    throttle = cgroup_quota_available()
     events = []
     at = float(rng.uniform(0.5, 2.0))
     while True:
-        seconds = float(rng.uniform(*pause_s))
-        if at + seconds > duration_s - 0.5:
+        kind = "throttle" if throttle and rng.random() < config.throttle_share else "pause"
+        seconds = float(rng.uniform(*(config.throttle_s if kind == "throttle" else config.pause_s)))
+        if at + seconds > config.duration_s - 0.5:
             return events
-        events.append((at, str(rng.choice(list(workers))), seconds))
-        at += seconds / share * float(rng.uniform(0.5, 1.5))
+        events.append((at, kind, str(rng.choice(list(workers))), seconds))
+        at += seconds / config.faulty_share * float(rng.uniform(0.5, 1.5))
 
 
 def _cluster_cpu_s(cluster: LocalCluster) -> float:
@@ -189,11 +198,8 @@ class ClusterBench:
                 hedge_delay_s=hedge,
             )  # fmt: skip
 
-    def _faults(self, scenario: str, seed: int) -> list[tuple[float, str, float]]:
-        if scenario == "no-fault":
-            return []
-        config = self.config
-        return pause_schedule(config.duration_s, self.cluster.names("f"), config.pause_s, config.paused_share, seed)
+    def _faults(self, scenario: str, seed: int) -> list[tuple[float, str, str, float]]:
+        return [] if scenario == "no-fault" else fault_schedule(self.config, self.cluster.names("f"), seed)
 
     async def run_cell(self, cell: _Cell, round_: int) -> None:
         config = self.config
@@ -202,13 +208,18 @@ class ClusterBench:
         schedule = self._faults(cell.scenario, seed)
         timers, faults = [], []
 
-        def pause(worker: str, seconds: float) -> None:
-            fault = ServerPause(self.cluster[worker].pid, max_seconds=seconds)
+        def inject(kind: str, worker: str, seconds: float) -> None:
+            pid = self.cluster[worker].pid
+            fault: Fault = (
+                ServerPause(pid, max_seconds=seconds)
+                if kind == "pause"
+                else ServerCpuQuota(pid, config.throttle_cpus, max_seconds=seconds)
+            )
             faults.append(fault)
             fault.apply()
 
-        for at, worker, seconds in schedule:
-            timer = threading.Timer(at, pause, args=(worker, seconds))
+        for at, kind, worker, seconds in schedule:
+            timer = threading.Timer(at, inject, args=(kind, worker, seconds))
             timer.daemon = True
             timers.append(timer)
         cpu_before, started = _cluster_cpu_s(self.cluster), time.monotonic()
@@ -223,7 +234,7 @@ class ClusterBench:
                 fault.undo()
         cell.cpu_s += _cluster_cpu_s(self.cluster) - cpu_before
         cell.wall_s += time.monotonic() - started
-        cell.faults += len(faults)
+        cell.fault_log += faults
         cell.parts.append(result)
         if cell.scheme == "equal" and cell.scenario == "no-fault" and self.hedge_delay_s is None:
             self.hedge_delay_s = float(np.percentile(result.latencies, 95))
@@ -250,6 +261,8 @@ class ClusterBench:
             cpu_wall_s=cell.wall_s,
             cpus=psutil.cpu_count(),
             rounds=cell.parts,
+            fault_log=cell.fault_log,
+            faults_undone=not any(fault.active for fault in cell.fault_log),
         )
 
 
@@ -289,12 +302,14 @@ def run_cluster_bench(config: ClusterBenchConfig) -> Path:
     config.out.mkdir(parents=True, exist_ok=True)
     bench = ClusterBench(config)
     cells = bench.run()
-    checks = check_targets(cells)
+    checks = check_targets(cells, faulty="faults")
     header = [
         f"Cluster: {config.workers} F workers, {config.parity_workers} parity workers (serving F too, for the "
         f"equal-resources baseline) and a gateway. {config.rate:g} requests/s, {config.duration_s:g} s x "
-        f"{config.rounds} rounds per cell; whole F-worker pauses of {config.pause_s[0]:g}-{config.pause_s[1]:g} s, "
-        f"one worker stopped {config.paused_share:.0%} of the time; hedge delay "
+        f"{config.rounds} rounds per cell; faults: whole F-worker pauses of {config.pause_s[0]:g}-"
+        f"{config.pause_s[1]:g} s and throttling to {config.throttle_cpus:g} CPU for {config.throttle_s[0]:g}-"
+        f"{config.throttle_s[1]:g} s ({config.throttle_share:.0%} of the faults), one worker faulty "
+        f"{config.faulty_share:.0%} of the time; hedge delay "
         f"{1000 * (bench.hedge_delay_s or 0):.1f} ms (equal's fault-free p95). The servers share this machine's "
         "CPUs: the failure domains are processes, not machines, so the numbers are relative.",
     ]

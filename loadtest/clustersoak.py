@@ -139,9 +139,13 @@ def f_classes(cluster: LocalCluster, queries: np.ndarray) -> np.ndarray:
     """F's own class for each query, from a worker directly."""
     client = grpcclient.InferenceServerClient(cluster[cluster.names("f")[0]].grpc_url)
     try:
-        tensor = grpcclient.InferInput("input", list(queries.shape), "FP32")
-        tensor.set_data_from_numpy(queries)
-        return client.infer(cluster.f_model, [tensor]).as_numpy("logits").argmax(axis=1)
+        classes = []
+        for start in range(0, len(queries), 16):  # within any F's max_batch_size
+            chunk = queries[start : start + 16]
+            tensor = grpcclient.InferInput("input", list(chunk.shape), "FP32")
+            tensor.set_data_from_numpy(chunk)
+            classes.append(client.infer(cluster.f_model, [tensor]).as_numpy("logits").argmax(axis=1))
+        return np.concatenate(classes)
     finally:
         client.close()
 

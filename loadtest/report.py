@@ -307,6 +307,7 @@ def check_targets(
     hedged: str = "hedged",
     relay: str = "relay",
     capacity_share: float = 0.7,
+    faulty: str = "pause",
 ) -> list[TargetCheck]:
     """The targets of the tail benchmark, per offered rate where the needed cells exist, each ratio with its
     bootstrap interval and per-round values (``intervals``): under pauses, the coded endpoint cuts the p99.9 - p50
@@ -316,7 +317,7 @@ def check_targets(
     p50, p999 = intervals.quantile(50.0), intervals.quantile(99.9)
     checks = []
     for rate in sorted({c.rate for c in cells}):
-        pause_p, pause_e, pause_h = (_find(cells, rate, "pause", s) for s in (parm, equal, hedged))
+        pause_p, pause_e, pause_h = (_find(cells, rate, faulty, s) for s in (parm, equal, hedged))
         free_p, free_e, free_relay = (_find(cells, rate, "no-fault", s) for s in (parm, equal, relay))
         free_none = _find(cells, rate, "no-fault", "none")
         ratios: list[tuple[_Ratio, str]] = []
