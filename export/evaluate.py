@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from google.protobuf import json_format
 from torch import nn
 
 from parm.backend.orchestrator.contract import CODED_SUFFIX
 from parm.backend.orchestrator.groups import rebuildable
-from parm.backend.orchestrator.linear import parse_weights
 
 from .codes import get_code
 from .coding import CodeConfig, TrainedCode, train_code
@@ -48,7 +46,7 @@ from .pipeline import (
     torch_threads,
 )
 from .report import Report, ReportRow
-from .repository import read_config
+from .repository import parse_orchestrator_config, read_config
 from .train import TrainConfig, degraded_accuracy, paired_gap_stderr, predict, train_classifier, train_distilled
 
 logger = logging.getLogger(__name__)
@@ -250,9 +248,9 @@ class _OnnxDecoder(_OnnxCode):
     """An exported decoder, rebuilding what the served orchestrator would ask it to (``CodingGroup.can_decode``):
     what the arrived parities solve for a linear code (its ``code_weights``), else e erasures from any e parities."""
 
-    def __init__(self, path: Path, k: int, r: int, weights: str) -> None:
+    def __init__(self, path: Path, k: int, r: int, weights: tuple[tuple[float, ...], ...]) -> None:
         super().__init__(path, k, r)
-        self.weights = np.array(parse_weights(weights), dtype=np.float64) if weights else None
+        self.weights = np.array(weights, dtype=np.float64) if weights else None
 
     def can_rebuild(self, erased: Sequence[int], parities: Sequence[int]) -> bool:
         return rebuildable(self.weights, parities, erased)
@@ -271,20 +269,13 @@ def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: in
     f_accuracy, f_description = None, ""
     with torch_threads():
         for coded_dir in coded:
-            config = json_format.MessageToDict(
-                read_config(coded_dir / "config.pbtxt"), preserving_proto_field_name=True
-            )
-            parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
-            k = int(parameters["k"])
-            parity_names = [n.strip() for n in parameters["parity_models"].split(",") if n.strip()]
-            r = len(parity_names)
-            f_name = parameters["f_models"].split(",")[0].strip()
+            config = parse_orchestrator_config(read_config(coded_dir / "config.pbtxt"))
+            k, r, parity_names = config.k, config.r, list(config.parity_models)
+            f_name = config.f_models[0]
             f_module = OnnxCallable(repository / f_name / "1" / "model.onnx")
             parity = [OnnxCallable(repository / name / "1" / "model.onnx") for name in parity_names]
-            encoder = _OnnxCode(repository / parameters["encoder_model"] / "1" / "model.onnx", k, r)
-            decoder = _OnnxDecoder(
-                repository / parameters["decoder_model"] / "1" / "model.onnx", k, r, parameters.get("code_weights", "")
-            )
+            encoder = _OnnxCode(repository / config.encoder_model / "1" / "model.onnx", k, r)
+            decoder = _OnnxDecoder(repository / config.decoder_model / "1" / "model.onnx", k, r, config.code_weights)
             degraded = degraded_accuracy(f_module, parity, splits.test, k, encoder, decoder, seed=seed)
             f_accuracy, f_description = degraded.f_accuracy, f"{f_name} (ONNX in {repository})"
             who = (

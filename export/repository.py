@@ -10,15 +10,16 @@ stock Triton container or to the embedded CPU server). Every code is served by t
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from parm.backend.orchestrator import OrchestratorConfig, TensorSpec
+from parm.backend.orchestrator import OrchestratorConfig, OrchestratorSettings, TensorSpec
 from parm.backend.orchestrator.contract import (
     CODED_SUFFIX,
     DECODER_AVAILABLE_INPUT,
@@ -33,6 +34,7 @@ from parm.backend.orchestrator.contract import (
     RECONSTRUCTED_OUTPUT,
 )
 from parm.backend.orchestrator.tensors import triton_type
+from parm.errors import ConfigError
 
 from .codes import ParityKind, get_code
 
@@ -70,7 +72,8 @@ class ModelNames:
 
 @dataclass(frozen=True)
 class CodedDeployment:
-    """One F, its code and the orchestrator's settings: the single spec every config is generated from.
+    """One F, its code, the instance counts and the orchestrator's settings: the single spec every config is
+    generated from.
 
     F is served without a dynamic batcher on purpose: batching two members of one coding group into a single F
     execution would put them in one failure domain, and one paused instance would erase both.
@@ -85,23 +88,13 @@ class CodedDeployment:
     r: int = 1
     f_instances: int = 2
     parity_instances: int = 1
-    decode_after_ms: float = 0.0
-    request_timeout_ms: float = 1000.0
-    fill_timeout_ms: float = 5.0
-    filler_cache_size: int = 64
-    max_in_flight: int = 1024
-    max_parity_in_flight: int = 8
-    parity_cooldown_ms: float = 5000.0
-    parity_policy: str = "on_demand"
-    """``eager`` (ParM: every closed group's parity at once) or ``on_demand`` (only for groups with a late or failed
-    member); see ``ParityPolicy``."""
-    inline_code: bool = True
-    """For a linear code (sum, linear): encode and decode in the orchestrator, without a round trip to the encoder
-    and decoder models (which are still exported and served, for a user who turns this off)."""
+    settings: OrchestratorSettings = field(default_factory=OrchestratorSettings)
+    """The orchestrator's tunables (policies, time limits, bounds, workers), written to ``<F>_coded``'s parameters
+    as they are; a variant is ``dataclasses.replace(deployment.settings, ...)``."""
 
     def __post_init__(self) -> None:
         if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"F '{self.name}' has {len(self.inputs)} inputs and {len(self.outputs)} outputs; the code networks "
                 "written here take exactly one of each"
             )
@@ -123,37 +116,24 @@ class CodedDeployment:
         """The model each of the r parity queries goes to, in order."""
         return self.trained_parities or (self.names.f,) * self.r
 
-    def orchestrator_parameters(self) -> dict[str, str]:
+    def orchestrator_config(self) -> OrchestratorConfig:
+        """The coded endpoint's whole configuration: F's signature, the code's wiring and the settings."""
         names = self.names
-        return {
-            "scheme": "parm",
-            "parity_policy": self.parity_policy,
-            "k": str(self.k),
-            "f_models": names.f,
-            "parity_models": ",".join(self.parity_targets),
-            "encoder_model": names.encoder,
-            "decoder_model": names.decoder,
-            "decode_after_ms": f"{self.decode_after_ms:g}",
-            "request_timeout_ms": f"{self.request_timeout_ms:g}",
-            "fill_timeout_ms": f"{self.fill_timeout_ms:g}",
-            "filler_cache_size": str(self.filler_cache_size),
-            "max_in_flight": str(self.max_in_flight),
-            "max_parity_in_flight": str(self.max_parity_in_flight),
-            "parity_cooldown_ms": f"{self.parity_cooldown_ms:g}",
-            **(
-                {"code_weights": self.code_weights_text, "inline_code": str(self.inline_code).lower()}
-                if self.code_weights_text
-                else {}
-            ),
-        }
-
-    @property
-    def code_weights_text(self) -> str:
-        """A linear code's [r, k] weights as the orchestrator reads them ("1,1"; rows split by ";"), or ""."""
         weights = get_code(self.code).linear_weights
-        if weights is None:
-            return ""
-        return ";".join(",".join(f"{w:.9g}" for w in row) for row in np.asarray(weights(self.k, self.r)))
+        return OrchestratorConfig(
+            **{f.name: getattr(self.settings, f.name) for f in dataclasses.fields(OrchestratorSettings)},
+            inputs=self.inputs,
+            outputs=self.outputs,
+            max_batch_size=self.max_batch_size,
+            f_models=(names.f,),
+            parity_models=self.parity_targets,
+            encoder_model=names.encoder,
+            decoder_model=names.decoder,
+            k=self.k,
+            code_weights=()
+            if weights is None
+            else tuple(tuple(float(w) for w in row) for row in np.asarray(weights(self.k, self.r))),
+        )
 
 
 def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
@@ -194,13 +174,13 @@ def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
     _add_tensors(coded_config.output, deployment.outputs)
     coded_config.output.add(name=RECONSTRUCTED_OUTPUT, data_type=mc.DataType.Value("TYPE_BOOL"), dims=[1])
     coded_config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_AUTO, count=1)
-    for key, value in deployment.orchestrator_parameters().items():
+    for key, value in deployment.orchestrator_config().parameters().items():
         coded_config.parameters[key].string_value = value
     configs = [f_config, *parity_configs, encoder_config, decoder_config, coded_config]
     return {config.name: config for config in configs}
 
 
-def orchestrator_config(config: mc.ModelConfig) -> OrchestratorConfig:
+def parse_orchestrator_config(config: mc.ModelConfig) -> OrchestratorConfig:
     """Parses a coded model's config the way Triton hands it to ``initialize`` (JSON), validating it."""
     as_json = json_format.MessageToDict(config, preserving_proto_field_name=True)
     return OrchestratorConfig.from_model_config(as_json)
@@ -227,7 +207,7 @@ def write_repository(out_dir: Path, deployment: CodedDeployment, onnx_files: dic
     if missing:
         raise ValueError(f"write_repository needs ONNX files for {sorted(missing)}")
     configs = model_configs(deployment)
-    orchestrator_config(configs[deployment.names.coded])
+    parse_orchestrator_config(configs[deployment.names.coded])
     out_dir.mkdir(parents=True, exist_ok=True)
     parity_prefix = deployment.names.parity
     for stale in out_dir.glob(parity_prefix + "*"):

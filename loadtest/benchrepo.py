@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from parm.backend.orchestrator import TensorSpec
+from parm.backend.orchestrator import ParityPolicy, TensorSpec
 from parm.errors import ConfigError
 from parm.export.coding import CodeConfig, export_code, train_code
 from parm.export.data import load_digits_splits
@@ -338,7 +338,8 @@ def write_bench_repository(root: Path, spec: BenchModelSpec) -> Path:
             total = spec.f_instances + spec.parity_instances
             write_f_only_model(repository, deployment, F_NAME + EQUAL_SUFFIX, total, onnx_dir / "f.onnx")
             coded_eager = deployment.names.coded + EAGER_SUFFIX
-            write_coded_variant(repository, dataclasses.replace(deployment, parity_policy="eager"), coded_eager)
+            eager = dataclasses.replace(deployment.settings, parity_policy=ParityPolicy.EAGER)
+            write_coded_variant(repository, dataclasses.replace(deployment, settings=eager), coded_eager)
             write_relay_model(repository, deployment, F_NAME + RELAY_SUFFIX)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest.update(

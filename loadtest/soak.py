@@ -39,7 +39,7 @@ from parm.backend.orchestrator import CRASH_LOG_MARKERS
 from parm.backend.orchestrator.metrics import FLUSH_PERIOD_S
 from parm.errors import ConfigError
 from parm.export.data import load_digits_splits
-from parm.export.repository import orchestrator_config, read_config
+from parm.export.repository import parse_orchestrator_config, read_config
 from parm.server import TritonServer
 
 from . import prometheus
@@ -364,7 +364,7 @@ class Soak:
         self.repo = repo
         self.out = Path(config.out_dir)
         self.coded = repo.coded[config.k]
-        orchestrator = orchestrator_config(read_config(repo.path / self.coded / "config.pbtxt"))
+        orchestrator = parse_orchestrator_config(read_config(repo.path / self.coded / "config.pbtxt"))
         self.targets = {
             **{model: repo.f_instances for model in orchestrator.f_models},
             **{model: repo.parity_instances for model in orchestrator.parity_models},

@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY, help="model repository to (re)write")
     export.add_argument("--work-dir", type=Path, default=Path("runs/export"), help="checkpoints, exports, logs")
     export.add_argument("--name", help="F's model name in the repository (default: digits, or F's file/class name)")
+    export.add_argument(
+        "--f-workers",
+        metavar="ADDRESSES",
+        help="a gateway's coded model: the F workers' gRPC addresses, comma-separated host:port or dns:NAME:PORT "
+        "(default: F runs in the same server)",
+    )
+    export.add_argument(
+        "--parity-workers",
+        metavar="ADDRESSES",
+        help="with --f-workers: the parity workers' gRPC addresses (default: on an F worker outside the group)",
+    )
     _add_training(export)
     _add_code(export)
     _add_f_and_data(export)

@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from parm.backend.orchestrator import OrchestratorError, OrchestratorSettings
 from parm.errors import ParmError
 from parm.export.coding import CodeConfig
 from parm.export.data import load_digits_splits
@@ -34,9 +35,11 @@ def export_repository(
     data: DataSpec | None = None,
     name: str | None = None,
     max_batch_size: int = MAX_BATCH_SIZE,
+    settings: OrchestratorSettings | None = None,
 ) -> tuple[ExportArtifacts, CodedDeployment]:
     """Trains F's code (and F itself, for the default digits model), exports and verifies every network, and writes
-    the model repository. With no options: the default digits repository (ParM sum code, k from ``k``)."""
+    the model repository. With no options: the default digits repository (ParM sum code, k from ``k``, the
+    orchestrator's default settings; ``settings`` with ``f_workers`` makes the coded model a gateway's)."""
     code = code or CodeConfig("sum", k)
     f_spec = f_spec or FSpec()
     artifacts = run_export(work_dir, code, f_spec, data, seed=seed, quick=quick)
@@ -48,6 +51,7 @@ def export_repository(
         k=code.k,
         code=code.code,
         r=code.r,
+        settings=settings or OrchestratorSettings(),
     )
     write_repository(out, deployment, artifacts.onnx)
     accuracy = artifacts.accuracy
@@ -141,8 +145,9 @@ def run_offline_command(args: argparse.Namespace) -> int:
                 f_spec=f_spec,
                 data=data,
                 name=args.name,
+                settings=_settings_from_args(args),
             )
-    except (ValueError, ParmError) as error:
+    except (ValueError, ParmError, OrchestratorError) as error:
         if getattr(args, "verbose", False):
             raise
         print(f"parm {args.command}: {error}", file=sys.stderr)
@@ -161,6 +166,17 @@ def _code_from_args(args: argparse.Namespace) -> CodeConfig:
     return CodeConfig(
         args.code, args.k, args.r, args.parity_arch, args.width, args.parity_init, args.distill, train=train
     )
+
+
+def _settings_from_args(args: argparse.Namespace) -> OrchestratorSettings:
+    """The orchestrator's settings ``parm export`` was given: the defaults, with the workers of a gateway."""
+    return OrchestratorSettings(
+        f_workers=_addresses(args.f_workers or ""), parity_workers=_addresses(args.parity_workers or "")
+    )
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    return tuple(address.strip() for address in text.split(",") if address.strip())
 
 
 def _model_name(source: str) -> str:

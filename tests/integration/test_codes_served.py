@@ -21,7 +21,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from torch import nn
 
-from parm.backend.orchestrator import TensorSpec
+from parm.backend.orchestrator import OrchestratorSettings, TensorSpec
 from parm.backend.orchestrator.contract import RECONSTRUCTED_OUTPUT
 from parm.export.codes import ParityKind, get_code
 from parm.export.coding import CodeConfig, TrainedCode, build_code, export_code
@@ -65,7 +65,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
             k=code.k,
             code=code.code,
             r=code.r,
-            inline_code=name != "linr2models",
+            settings=OrchestratorSettings(inline_code=name != "linr2models"),
         )
         write_repository(repo, deployment, exported.onnx)
     return repo

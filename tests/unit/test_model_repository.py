@@ -11,14 +11,14 @@ import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from parm.backend.orchestrator import TensorSpec
+from parm.backend.orchestrator import OrchestratorSettings, ParityPolicy, TensorSpec
 from parm.export.models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE
 from parm.export.repository import (
     BACKEND_SOURCE,
     ORCHESTRATOR_PACKAGE,
     CodedDeployment,
     model_configs,
-    orchestrator_config,
+    parse_orchestrator_config,
     read_config,
 )
 from parm.jobs import F_NAME, MAX_BATCH_SIZE
@@ -57,7 +57,7 @@ def test_f_is_never_dynamically_batched_so_group_members_keep_separate_failure_d
 
 
 def test_coded_config_is_a_valid_orchestrator_config():
-    config = orchestrator_config(read_config(REPOSITORY / DEPLOYMENT.names.coded / "config.pbtxt"))
+    config = parse_orchestrator_config(read_config(REPOSITORY / DEPLOYMENT.names.coded / "config.pbtxt"))
     assert config.f_models == (F_NAME,)
     assert config.parity_models == (DEPLOYMENT.names.parity,)
     assert [spec.name for spec in config.inputs] == [DIGITS_INPUT]
@@ -95,15 +95,34 @@ def test_the_repository_carries_the_current_orchestrator_code():
 
 @pytest.mark.parametrize(
     ("code", "k", "r", "weights"),
-    [("sum", 3, 1, "1,1,1"), ("linear", 2, 2, "1,1;0.707106769,-0.707106769"), ("berrut", 2, 1, "")],
+    [("sum", 3, 1, "1,1,1"), ("linear", 2, 2, "1,1;0.7071067690849304,-0.7071067690849304"), ("berrut", 2, 1, "")],
 )
 def test_linear_codes_are_encoded_and_decoded_in_the_orchestrator(code, k, r, weights):
     deployment = dataclasses.replace(DEPLOYMENT, code=code, k=k, r=r)
-    assert deployment.orchestrator_parameters().get("code_weights", "") == weights
-    config = orchestrator_config(model_configs(deployment)[deployment.names.coded])
+    assert deployment.orchestrator_config().parameters().get("code_weights", "") == weights
+    config = parse_orchestrator_config(model_configs(deployment)[deployment.names.coded])
     assert len(config.code_weights) == (r if weights else 0)
-    off = dataclasses.replace(deployment, inline_code=False)
-    parameters = off.orchestrator_parameters()
+    off = dataclasses.replace(deployment, settings=dataclasses.replace(deployment.settings, inline_code=False))
+    parameters = off.orchestrator_config().parameters()
     assert parameters.get("code_weights", "") == weights  # the weights still say which parities solve what
-    assert parameters.get("inline_code", "false") == "false"
-    assert not orchestrator_config(model_configs(off)[off.names.coded]).inline_code or not weights
+    assert parameters["inline_code"] == "false"
+    assert not parse_orchestrator_config(model_configs(off)[off.names.coded]).inline_code
+
+
+def test_every_setting_reaches_the_coded_config():
+    """What a deployment configures is what the endpoint reads: each setting changed from its default comes back."""
+    settings = OrchestratorSettings(
+        parity_policy=ParityPolicy.EAGER,
+        decode_after_ms=3.5,
+        request_timeout_ms=750.0,
+        fill_timeout_quantile=0.5,
+        decode_after_quantile=0.0,
+        bls_threads=40,
+        max_parity_in_flight=20,
+        f_workers=("10.0.0.1:8001", "dns:f-workers:8001"),
+        parity_workers=("10.0.0.9:8001",),
+    )
+    deployment = dataclasses.replace(DEPLOYMENT, settings=settings)
+    config = parse_orchestrator_config(model_configs(deployment)[deployment.names.coded])
+    assert config.settings == settings
+    assert config == deployment.orchestrator_config()

@@ -3,7 +3,6 @@ whose configs name the right parity targets, and ``parm eval`` reports on it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,12 +11,13 @@ import onnx
 import pytest
 import torch
 
+from parm.cli import build_parser
 from parm.export.coding import CodeConfig
 from parm.export.evaluate import evaluate_repository
 from parm.export.models import DigitsCNN
 from parm.export.onnx_export import export_onnx
 from parm.export.pipeline import DataSpec, FSpec
-from parm.export.repository import orchestrator_config, read_config
+from parm.export.repository import parse_orchestrator_config, read_config
 from parm.jobs import export_repository, run_offline_command
 
 
@@ -52,7 +52,7 @@ def test_onnx_only_f_exports_a_complete_repository(
     artifacts, _ = export_repository(
         repository, tmp_path / "work", quick=True, code=code, f_spec=FSpec(str(onnx_file)), data=DataSpec(queries)
     )
-    coded = orchestrator_config(read_config(repository / "my_model_coded" / "config.pbtxt"))
+    coded = parse_orchestrator_config(read_config(repository / "my_model_coded" / "config.pbtxt"))
     assert ",".join(coded.parity_models) == parity_models and coded.k == code.k
     expected = {"my_model", "my_model_encoder", "my_model_decoder", "my_model_coded", *parity_models.split(",")}
     assert {p.name for p in repository.iterdir()} == expected
@@ -89,27 +89,21 @@ def test_learned_code_refuses_an_onnx_f_it_cannot_train_through(
     onnx_file = export_onnx(
         ErfF().eval(), (torch.rand(2, 1, 8, 8),), ["x"], ["y"], {"x": {0: "b"}, "y": {0: "b"}}, tmp_path / "erf.onnx"
     )
-    args = argparse.Namespace(
-        command="export",
-        f_source=str(onnx_file),
-        weights=None,
-        input_name=None,
-        output_name=None,
-        data=queries,
-        labels=None,
-        code="learned",
-        k=2,
-        r=1,
-        parity_arch=None,
-        width=1,
-        parity_init="fresh",
-        distill=0.0,
-        epochs=None,
-        seed=0,
-        quick=True,
-        out=tmp_path / "repo",
-        work_dir=tmp_path / "work",
-        name=None,
+    args = build_parser().parse_args(
+        [
+            "export",
+            "--f",
+            str(onnx_file),
+            "--data",
+            str(queries),
+            "--code",
+            "learned",
+            "--quick",
+            "--out",
+            str(tmp_path / "repo"),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ]
     )
     assert run_offline_command(args) == 2
     assert (

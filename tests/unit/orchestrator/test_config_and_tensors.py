@@ -73,7 +73,10 @@ def test_config_skips_the_reload_marker():
         ("fill_timeout_ms", "-1", "fill_timeout_ms"),
         ("request_timeout_ms", "5", "must exceed decode_after_ms"),
         ("parity_models", " ", "parity_models"),
-        ("scheme", "replication", "cannot parse"),
+        ("scheme", "parm", "unknown parameter"),
+        ("parity_burst", "0.5", "parity_burst must be >= 1"),
+        ("max_parity_in_flight", "40", "at most half of bls_threads"),
+        ("decode_after_ms", "nan", "finite"),
     ],
 )
 def test_config_refuses_bad_values_with_a_clear_message(key, value, message):

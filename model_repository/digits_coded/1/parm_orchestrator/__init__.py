@@ -4,7 +4,7 @@ Copied into each coded model's version folder by the repository writer, so a mod
 ``triton_model.py`` is the thin Triton adapter around it.
 """
 
-from .config import RELOAD_PARAMETER, OrchestratorConfig, ParityPolicy, Scheme
+from .config import RELOAD_PARAMETER, OrchestratorConfig, OrchestratorSettings, ParityPolicy
 from .dispatcher import CRASH_LOG_MARKERS, CodedDispatcher
 from .errors import ConfigError, InvalidQueryError, OrchestratorError, TargetError
 from .groups import Answer, AnswerSource
@@ -23,8 +23,8 @@ __all__ = [
     "InvalidQueryError",
     "OrchestratorConfig",
     "OrchestratorError",
+    "OrchestratorSettings",
     "ParityPolicy",
-    "Scheme",
     "Target",
     "TargetError",
     "TensorSpec",

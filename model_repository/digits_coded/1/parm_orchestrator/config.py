@@ -1,21 +1,27 @@
-"""The coded endpoint's configuration, parsed once from its Triton model config and validated."""
+"""The coded endpoint's configuration: one typed, frozen, self-validating spec, read from and written to the
+``parameters`` of its ``config.pbtxt`` by one generic codec derived from the fields' types.
+
+``OrchestratorSettings`` holds the tunables a deployment chooses (policies, quantiles, time limits, bounds, where
+the workers are); ``OrchestratorConfig`` adds what the deployment itself fixes: F's signature (from the config's
+``input``/``output``/``max_batch_size``) and the code's wiring (k, the target models, a linear code's weights).
+Every field but the signature is one ``string_value`` parameter, written by ``OrchestratorConfig.parameters`` and
+read by ``OrchestratorConfig.from_model_config``; a field of a type the codec does not know is refused when this
+module is imported.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+import math
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 from .contract import RECONSTRUCTED_OUTPUT
 from .errors import ConfigError
 from .linear import parse_weights
 from .tensors import TensorSpec
-
-
-class Scheme(Enum):
-    """How requests are protected. Only ParM-style coding is served today; baselines live in the benchmark."""
-
-    PARM = "parm"
 
 
 class ParityPolicy(Enum):
@@ -34,49 +40,62 @@ class ParityPolicy(Enum):
 RELOAD_PARAMETER = "parm_reload"
 """A ``parameters`` key that carries no setting: a changing value forces Triton to build fresh instances."""
 
+SIGNATURE_FIELDS = ("inputs", "outputs", "max_batch_size")
+"""``OrchestratorConfig`` fields read from the config's tensors, not from its ``parameters``."""
 
-@dataclass(frozen=True)
-class OrchestratorConfig:
-    """Everything the orchestrator needs, from ``config.pbtxt`` ``parameters`` plus F's signature.
 
-    Times are in milliseconds. A missing answer is rebuilt once the code allows it and F had the longer of
-    ``decode_after_ms`` and the ``decode_after_quantile`` of its recent latencies to answer on its own (a failed F
-    call is rebuilt at once): a member that is merely not slow keeps F's exact answer instead of racing the parity
-    path. Both 0 is ParM's policy: whichever result comes first.
+def _bounded(default: Any, *, low: float | None = None, above: float | None = None, below: float | None = None):
+    """A field with a default and bounds that ``__post_init__`` checks: ``low`` <= value, ``above`` < value,
+    value < ``below``."""
+    return field(default=default, metadata={"low": low, "above": above, "below": below})
+
+
+def _milliseconds(default: float):
+    return _bounded(default, low=0.0)
+
+
+def _period(default: float):
+    """A period in milliseconds: a loop that waits it between rounds, so never 0."""
+    return _bounded(default, above=0.0)
+
+
+def _count(default: int):
+    return _bounded(default, low=1)
+
+
+def _quantile(default: float):
+    return _bounded(default, low=0.0, below=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrchestratorSettings:
+    """The orchestrator's tunables, each with its default; times are in milliseconds.
+
+    A missing answer is rebuilt once the code allows it and F had the longer of ``decode_after_ms`` and the
+    ``decode_after_quantile`` of its recent latencies to answer on its own (a failed F call is rebuilt at once): a
+    member that is merely not slow keeps F's exact answer instead of racing the parity path. Both 0 (with
+    ``parity_policy`` eager) is ParM's policy: whichever result comes first.
     """
 
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    max_batch_size: int
-    f_models: tuple[str, ...]
-    parity_models: tuple[str, ...]
-    encoder_model: str = ""
-    decoder_model: str = ""
-    scheme: Scheme = Scheme.PARM
     parity_policy: ParityPolicy = ParityPolicy.ON_DEMAND
-    k: int = 2
-    decode_after_ms: float = 0.0
-    request_timeout_ms: float = 1000.0
-    fill_timeout_ms: float = 5.0
-    fill_timeout_quantile: float = 0.9
-    decode_after_quantile: float = 0.9
-    filler_cache_size: int = 64
-    max_in_flight: int = 1024
-    max_parity_in_flight: int = 8
-    parity_budget: float = 0.1
+    decode_after_ms: float = _milliseconds(0.0)
+    request_timeout_ms: float = _milliseconds(1000.0)
+    fill_timeout_ms: float = _milliseconds(5.0)
+    fill_timeout_quantile: float = _quantile(0.9)
+    decode_after_quantile: float = _quantile(0.9)
+    filler_cache_size: int = _count(64)
+    max_in_flight: int = _count(1024)
+    max_parity_in_flight: int = _count(8)
+    parity_budget: float = _bounded(0.1, low=0.0)
     """On-demand parities per request, on average, for late members that are not known stragglers (``budget``)."""
-    parity_burst: float = 4.0
-    """How many such parities may be spent at once after a quiet spell (the budget's bucket size)."""
-    straggler_overtakes: int = 2
+    parity_burst: float = _bounded(4.0, low=1.0)
+    """How many such parities may be spent at once after a quiet spell (the budget's bucket size; at least one
+    whole parity)."""
+    straggler_overtakes: int = _count(2)
     """A late member whose F call was overtaken by this many answers to later requests is a straggler: its parity
     is sent without spending budget (``budget``)."""
-    parity_cooldown_ms: float = 5000.0
-    bls_threads: int = 64
-    code_weights: tuple[tuple[float, ...], ...] = ()
-    """[r, k] weights of a linear code (ParM's sum: one row of ones): they say which arrived parities solve which
-    erased members (``linear.solvable``), and with ``inline_code`` the orchestrator encodes and decodes in process
-    (``linear``) instead of calling ``encoder_model`` and ``decoder_model``. Empty: a code that is not linear; the
-    decoder model rebuilds e erased members from any e parities."""
+    parity_cooldown_ms: float = _milliseconds(5000.0)
+    bls_threads: int = _count(64)
     inline_code: bool = True
     """With ``code_weights``: encode and decode in process (True) or through the code models (False)."""
     f_workers: tuple[str, ...] = ()
@@ -86,20 +105,57 @@ class OrchestratorConfig:
     parity_workers: tuple[str, ...] = ()
     """Where the parity models run, as ``f_workers``; empty with ``f_workers`` set: on an F worker that holds none
     of the group's members."""
-    worker_probe_ms: float = 250.0
+    worker_probe_ms: float = _period(250.0)
     """How often each worker's readiness is probed (with a deadline of half that): a stopped server still accepts
     TCP connections, so only an answer tells it is alive."""
-    worker_cooldown_ms: float = 1000.0
+    worker_cooldown_ms: float = _milliseconds(1000.0)
     """How long an ejected worker gets no new members, at least; the cooldown doubles while ejections repeat (a
     slow server does not flap in and out) and resets once the worker has served a cooldown's worth without one."""
-    worker_readmit_probes: int = 3
+    worker_readmit_probes: int = _count(3)
     """Consecutive good probes that readmit an ejected worker."""
-    worker_resolve_ms: float = 5000.0
+    worker_resolve_ms: float = _period(5000.0)
     """How often ``dns:`` worker names are resolved again, so a scaled worker set is picked up."""
 
     def __post_init__(self) -> None:
-        if self.k < 2:
-            raise ConfigError(f"k must be >= 2, got {self.k}")
+        _check_fields(self)
+        if self.request_timeout_ms <= self.decode_after_ms:
+            raise ConfigError(
+                f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
+            )
+        if 2 * self.max_parity_in_flight > self.bls_threads:
+            raise ConfigError(
+                f"max_parity_in_flight ({self.max_parity_in_flight}) may hold at most half of bls_threads "
+                f"({self.bls_threads}), so that stuck parity calls never starve F's"
+            )
+        if self.parity_workers and not self.f_workers:
+            raise ConfigError("parity_workers needs f_workers: a coded endpoint is local or remote as a whole")
+        for address in self.f_workers + self.parity_workers:
+            check_worker_address(address)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrchestratorConfig(OrchestratorSettings):
+    """Everything the orchestrator needs: F's signature, the code's wiring and the settings.
+
+    The settings' fields are this class's own (``config.parity_policy``); ``settings`` gives them back alone.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    f_models: tuple[str, ...]
+    parity_models: tuple[str, ...]
+    encoder_model: str = ""
+    decoder_model: str = ""
+    k: int = _bounded(2, low=2)
+    code_weights: tuple[tuple[float, ...], ...] = ()
+    """[r, k] weights of a linear code (ParM's sum: one row of ones): they say which arrived parities solve which
+    erased members (``linear.solvable``), and with ``inline_code`` the orchestrator encodes and decodes in process
+    (``linear``) instead of calling ``encoder_model`` and ``decoder_model``. Empty: a code that is not linear; the
+    decoder model rebuilds e erased members from any e parities."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.f_models:
             raise ConfigError("f_models must name at least one model")
         if not self.parity_models:
@@ -116,48 +172,6 @@ class OrchestratorConfig:
             raise ConfigError(f"the coded endpoint needs max_batch_size >= 1, got {self.max_batch_size}")
         if not self.inputs or not self.outputs:
             raise ConfigError("the coded endpoint needs at least one input and one output besides the flag")
-        for name in (
-            "decode_after_ms",
-            "fill_timeout_ms",
-            "request_timeout_ms",
-            "parity_cooldown_ms",
-            "worker_probe_ms",
-            "worker_cooldown_ms",
-            "worker_resolve_ms",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("fill_timeout_quantile", "decode_after_quantile"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.request_timeout_ms <= self.decode_after_ms:
-            raise ConfigError(
-                f"request_timeout_ms ({self.request_timeout_ms}) must exceed decode_after_ms ({self.decode_after_ms})"
-            )
-        if self.parity_budget < 0:
-            raise ConfigError(f"parity_budget must be >= 0, got {self.parity_budget}")
-        if self.parity_burst < 1:
-            raise ConfigError(f"parity_burst must be >= 1 (a whole parity), got {self.parity_burst}")
-        if self.parity_workers and not self.f_workers:
-            raise ConfigError("parity_workers needs f_workers: a coded endpoint is local or remote as a whole")
-        for address in self.f_workers + self.parity_workers:
-            check_worker_address(address)
-        for name in (
-            "max_in_flight",
-            "max_parity_in_flight",
-            "bls_threads",
-            "straggler_overtakes",
-            "worker_readmit_probes",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if 2 * self.max_parity_in_flight > self.bls_threads:
-            raise ConfigError(
-                f"max_parity_in_flight ({self.max_parity_in_flight}) may hold at most half of bls_threads "
-                f"({self.bls_threads}), so that stuck parity calls never starve F's"
-            )
-        if self.filler_cache_size < 1:
-            raise ConfigError(f"filler_cache_size must be >= 1, got {self.filler_cache_size}")
 
     @property
     def r(self) -> int:
@@ -168,42 +182,53 @@ class OrchestratorConfig:
     def output_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.outputs)
 
+    @property
+    def settings(self) -> OrchestratorSettings:
+        """The tunables alone, as a deployment chooses them."""
+        return OrchestratorSettings(**{f.name: getattr(self, f.name) for f in fields(OrchestratorSettings)})
+
+    def parameters(self) -> dict[str, str]:
+        """Every setting and the code's wiring as ``config.pbtxt`` ``string_value`` texts, which
+        ``from_model_config`` reads back to an equal config. A parameter whose text is empty (no workers, no
+        weights) is left out: it reads back as its default."""
+        texts = {name: codec.write(getattr(self, name)) for name, codec in _CODECS.items()}
+        return {name: text for name, text in texts.items() if text}
+
     @classmethod
     def from_model_config(cls, model_config: Mapping) -> OrchestratorConfig:
-        """Builds the config from Triton's model config (the JSON given to ``initialize``).
+        """Builds the config from Triton's model config (the JSON given to ``initialize``, or a server's
+        ``GET /v2/models/<name>/config``).
 
         Refuses unknown ``parameters`` keys with a message naming the key, so a typo never passes silently.
         ``parm_reload`` (a marker that forces Triton to build fresh instances, see ``TritonServer.reload_model``)
         carries no setting and is skipped.
         """
-        parameters = {
-            key: value["string_value"]
+        texts = {
+            key: value.get("string_value", "")
             for key, value in model_config.get("parameters", {}).items()
             if key != RELOAD_PARAMETER
         }
-        field_types = {f.name: f.type for f in fields(cls) if f.name not in ("inputs", "outputs", "max_batch_size")}
-        unknown = sorted(parameters.keys() - field_types.keys())
+        unknown = sorted(texts.keys() - _CODECS.keys())
         if unknown:
-            raise ConfigError(f"unknown parameter(s) {unknown}; known: {sorted(field_types)}")
-        values: dict[str, object] = {}
-        for key, text in parameters.items():
-            values[key] = _parse(key, field_types[key], text)
-        outputs = tuple(
-            TensorSpec.from_config(entry)
-            for entry in model_config.get("output", [])
-            if entry["name"] != RECONSTRUCTED_OUTPUT
+            raise ConfigError(f"unknown parameter(s) {unknown}; known: {sorted(_CODECS)}")
+        values = {key: _CODECS[key].read(key, text) for key, text in texts.items()}
+        missing = sorted(
+            f.name
+            for f in fields(cls)
+            if f.name in _CODECS and f.name not in values and f.default is MISSING and f.default_factory is MISSING
         )
-        if len(outputs) == len(model_config.get("output", [])):
+        if missing:
+            raise ConfigError(f"missing orchestrator parameter(s) {missing}")
+        declared = model_config.get("output", [])
+        outputs = tuple(TensorSpec.from_config(entry) for entry in declared if entry["name"] != RECONSTRUCTED_OUTPUT)
+        if len(outputs) == len(declared):
             raise ConfigError(f"the coded endpoint must declare the BOOL output '{RECONSTRUCTED_OUTPUT}'")
-        try:
-            return cls(
-                inputs=tuple(TensorSpec.from_config(entry) for entry in model_config.get("input", [])),
-                outputs=outputs,
-                max_batch_size=int(model_config.get("max_batch_size", 0)),
-                **values,  # type: ignore[arg-type]
-            )
-        except TypeError as error:
-            raise ConfigError(f"incomplete orchestrator parameters: {error}") from error
+        return cls(
+            inputs=tuple(TensorSpec.from_config(entry) for entry in model_config.get("input", [])),
+            outputs=outputs,
+            max_batch_size=int(model_config.get("max_batch_size", 0)),
+            **values,
+        )
 
 
 def check_worker_address(address: str) -> tuple[str, int, bool]:
@@ -216,27 +241,48 @@ def check_worker_address(address: str) -> tuple[str, int, bool]:
     return host, int(port), dns
 
 
-def _parse(key: str, annotation: str, text: str) -> object:
-    """Parses one ``string_value`` by the field's annotation (kept as a string by ``from __future__``)."""
-    try:
-        if annotation == "int":
-            return int(text)
-        if annotation == "float":
-            return float(text)
-        if annotation == "bool":
-            return _parse_bool(text)
-        if annotation == "Scheme":
-            return Scheme(text.strip().lower())
-        if annotation == "ParityPolicy":
-            return ParityPolicy(text.strip().lower())
-        if annotation == "tuple[tuple[float, ...], ...]":
-            return parse_weights(text)
-        if annotation == "tuple[str, ...]":
-            names = tuple(name.strip() for name in text.split(",") if name.strip())
-            return names
-        return text.strip()
-    except ValueError as error:
-        raise ConfigError(f"parameter '{key}': cannot parse {text!r} ({error})") from error
+# -- the generic checks and the parameter codec ---------------------------------------------------------------------
+
+
+def _check_fields(spec: object) -> None:
+    """The checks every field's type and bounds imply: finite numbers within ``_bounded``'s limits, and names that
+    a comma-separated parameter can carry (no commas, no surrounding spaces, none empty)."""
+    for f in fields(spec):  # type: ignore[arg-type]
+        value = getattr(spec, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
+        low, above, below = (f.metadata.get(key) for key in ("low", "above", "below"))
+        if low is not None and value < low:
+            raise ConfigError(f"{f.name} must be >= {low:g}, got {value}")
+        if above is not None and value <= above:
+            raise ConfigError(f"{f.name} must be > {above:g}, got {value}")
+        if below is not None and value >= below:
+            raise ConfigError(f"{f.name} must be < {below:g}, got {value}")
+        if f.name in _NAME_FIELDS:
+            names = value if isinstance(value, tuple) else (value,) if value else ()
+            for name in names:
+                if not name or name != name.strip() or "," in name:
+                    raise ConfigError(f"{f.name}: {name!r} is not a model name or address (no commas or spaces)")
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """How one field's value is written as a ``string_value`` and read back."""
+
+    parse: Callable[[str], object]
+    write: Callable[[Any], str]
+
+    def read(self, key: str, text: str) -> object:
+        try:
+            return self.parse(text)
+        except ValueError as error:
+            raise ConfigError(f"parameter '{key}': cannot parse {text!r} ({error})") from error
+
+
+def _write_float(value: float) -> str:
+    """The shortest text that reads back as the same float ("5" for 5.0, "0.1" for 0.1)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _parse_bool(text: str) -> bool:
@@ -246,3 +292,57 @@ def _parse_bool(text: str) -> bool:
     if word in ("false", "0", "no"):
         return False
     raise ValueError("expected true or false")
+
+
+def _parse_names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _enum_codec(kind: type[Enum]) -> _Codec:
+    def parse(text: str) -> Enum:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            raise ValueError(f"expected one of {[member.value for member in kind]}") from None
+
+    return _Codec(parse, lambda member: member.value)
+
+
+_SCALAR_CODECS: dict[object, _Codec] = {
+    bool: _Codec(_parse_bool, lambda value: "true" if value else "false"),
+    int: _Codec(lambda text: int(text.strip()), str),
+    float: _Codec(lambda text: float(text.strip()), _write_float),
+    str: _Codec(str.strip, str),
+    tuple[str, ...]: _Codec(_parse_names, ",".join),
+    tuple[tuple[float, ...], ...]: _Codec(
+        parse_weights, lambda rows: ";".join(",".join(_write_float(w) for w in row) for row in rows)
+    ),
+}
+
+
+def codec_for(annotation: object) -> _Codec | None:
+    """The codec of a field's resolved type, or None for a type no parameter text can carry."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return _enum_codec(annotation)
+    return _SCALAR_CODECS.get(annotation)
+
+
+def parameter_codecs(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, _Codec]:
+    """Each field of the dataclass ``spec`` (but ``exclude``) -> its codec, from the fields' real types
+    (``typing.get_type_hints``, not the annotations' text); a field of any other type is refused."""
+    hints = typing.get_type_hints(spec)
+    codecs: dict[str, _Codec] = {}
+    for f in fields(spec):
+        if f.name in exclude:
+            continue
+        codec = codec_for(hints[f.name])
+        if codec is None:
+            raise TypeError(f"{spec.__name__}.{f.name}: no parameter text for type {hints[f.name]!r}")
+        codecs[f.name] = codec
+    return codecs
+
+
+_CODECS = parameter_codecs(OrchestratorConfig, exclude=SIGNATURE_FIELDS)
+_NAME_FIELDS = frozenset(
+    name for name, hint in typing.get_type_hints(OrchestratorConfig).items() if hint in (str, tuple[str, ...])
+)
