@@ -218,6 +218,10 @@ class CodedDispatcher:
             return
         if self._open.get(group.key) is group:
             del self._open[group.key]
+        if len(group.domains) == len(group.members):
+            self.stats.groups_spread += 1
+        else:
+            self.stats.groups_shared += 1
         unanswered = [member for member in group.members if not member.answered]  # F may answer one meanwhile
         if not unanswered:
             group.move(GroupState.UNNEEDED)

@@ -119,6 +119,16 @@ def _counter_specs() -> list[_CounterSpec]:
                 lambda s, field=field: getattr(s, field),
             )
         )
+    for spread, field in (("distinct", "groups_spread"), ("shared", "groups_shared")):
+        specs.append(
+            _CounterSpec(
+                "parm_group_domains_total",
+                "Closed coding groups by where their members' F calls went: all to distinct workers (failure "
+                "domains), or two or more to one worker (fewer workers were up than members)",
+                {"spread": spread},
+                lambda s, field=field: getattr(s, field),
+            )
+        )
     for reason in ParityReason:
         specs.append(
             _CounterSpec(

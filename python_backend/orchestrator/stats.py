@@ -22,6 +22,10 @@ class DispatcherStats:
     uncoded_requests: int = 0
     groups_full: int = 0
     groups_filled: int = 0
+    groups_spread: int = 0
+    """Closed groups whose members' F calls all went to distinct workers (failure domains)."""
+    groups_shared: int = 0
+    """Closed groups with two members on one worker: fewer workers were up than members."""
     groups_unprotected: int = 0
     groups_unneeded: int = 0
     parities: dict[ParityReason, int] = field(default_factory=lambda: dict.fromkeys(ParityReason, 0))

@@ -199,15 +199,28 @@ def test_the_gateway_spreads_members_over_the_f_workers_and_answers_like_f(
     healthy: LocalCluster, queries: np.ndarray, reference: np.ndarray
 ) -> None:
     before = {name: _worker_inferences(healthy, name) for name in healthy.names("f")}
+    spread_before = _group_spread(healthy)
     with GatewayLoad(healthy, queries) as load:
         time.sleep(3.0)
     outcomes = load.results()
+    time.sleep(2.5)  # one metrics flush
+    spread = {key: value - spread_before[key] for key, value in _group_spread(healthy).items()}
+    assert spread["distinct"] > 0 and spread["shared"] == 0, f"every group on distinct workers: {spread}"
     assert not [o.error for o in outcomes if o.error], "no fault, no error"
     check_originals(outcomes, reference)
     calls = {name: _worker_inferences(healthy, name) - before[name] for name in before}
     total = sum(calls.values())
     assert total >= len(outcomes), calls
     assert all(count >= total / 6 for count in calls.values()), f"least-outstanding placement spreads F: {calls}"
+
+
+def _group_spread(cluster: LocalCluster) -> dict[str, float]:
+    samples = metrics(cluster.gateway.metrics_url)
+    return {
+        spread: sum(v for (name, labels), v in samples.items() if name == "parm_group_domains_total"
+                    and ("spread", spread) in labels)
+        for spread in ("distinct", "shared")
+    }  # fmt: skip
 
 
 def _worker_inferences(cluster: LocalCluster, name: str) -> float:

@@ -120,7 +120,7 @@ class FakeFamily:
     def __init__(self, name: str, description: str, kind: str) -> None:
         self.name = name
 
-    def Metric(self, labels: dict, buckets=None) -> FakeMetric:  # noqa: N802 (pb_utils' spelling)
+    def Metric(self, labels: dict, buckets=None) -> FakeMetric:
         return FakeMetric(self, labels)
 
 

@@ -269,8 +269,12 @@ def test_members_of_a_group_go_to_distinct_f_targets_when_there_are_enough(targe
         for request in [h.submit(m) for m in (0.1, 0.2)]:
             await h.answer(request)
         assert sum(f.calls for f in fs) == 2
+        stats = h.dispatcher.stats
         if targets >= 2:
-            assert fs[0].calls == 1 and fs[1].calls == 1
+            assert sorted(f.calls for f in fs)[-2:] == [1, 1], "one member per target"
+            assert (stats.groups_spread, stats.groups_shared) == (1, 0)
+        else:
+            assert (stats.groups_spread, stats.groups_shared) == (0, 1)
 
     run(scenario())
 
@@ -415,7 +419,7 @@ def test_a_member_that_is_not_slow_keeps_f_answer_while_a_stuck_one_is_rebuilt()
             pair = [h.submit(round(0.001 * (2 * index + 1), 6)), h.submit(round(0.001 * (2 * index + 2), 6))]
             for request in pair:
                 await h.answer(request)
-        assert 0.03 <= h.dispatcher.decode_after < 0.1
+        assert 0.03 <= h.dispatcher.decode_after < 0.5  # F takes 30 ms, more on a busy machine
         await h.settle()
         learned = h.dispatcher.stats.answers[AnswerSource.ORIGINAL]
         gate = f.hold[0.9] = asyncio.Event()
