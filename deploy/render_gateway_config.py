@@ -1,10 +1,12 @@
 """Writes the gateway's ``digits_coded/config.pbtxt`` for Kubernetes and for Docker Compose from the committed one.
 
 A gateway's coded model is the committed ``model_repository/digits_coded`` with two parameters more: ``f_workers`` and
-``parity_workers``, the gRPC addresses of the Triton servers that serve F and the parity model. Every other setting
-stays as ``parm export`` wrote it, so the deployed endpoint behaves as the one the tests and benchmarks measure; in
-particular ``parity_policy`` stays ``on_demand``: with k = 2 and three F workers, ``eager`` would send the one parity
-worker a parity for every two requests, 1.5 times what each F worker serves.
+``parity_workers``, the gRPC addresses of the Triton servers that serve F and the parity model, and the settings every
+gateway gets (``parm.cluster.GATEWAY_DEFAULTS``: stragglers hedged on another worker while the workers have spare
+capacity, as the local cluster's gateway does). Every other setting stays as ``parm export`` wrote it, so the deployed
+endpoint behaves as the one the tests and benchmarks measure; in particular ``parity_policy`` stays ``on_demand``:
+with k = 2 and three F workers, ``eager`` would send the one parity worker a parity for every two requests, 1.5 times
+what each F worker serves.
 
 Run it after ``parm export`` rewrites the committed repository (``tests/unit/deploy`` fails until then)::
 
@@ -23,6 +25,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from parm.backend.orchestrator import OrchestratorConfig
+from parm.cluster import GATEWAY_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 CODED_MODEL = "digits_coded"
@@ -62,7 +65,7 @@ def render(committed: str, parameters: Mapping[str, str]) -> str:
 def rendered() -> dict[Path, str]:
     """Each generated file's path -> the content it must have."""
     committed = COMMITTED.read_text()
-    return {path: render(committed, workers) for path, workers in TARGETS.items()}
+    return {path: render(committed, {**GATEWAY_DEFAULTS, **workers}) for path, workers in TARGETS.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ Schemes, all on the same servers (N F workers and R parity workers, which here s
   outstanding (so, another one);
 - ``relay``: through the gateway, a model that only relays each request to an F worker over gRPC
   (``grpc_relay_model.py``): the fair baseline for the gateway's hop;
-- ``parm-k2``: the coded endpoint on the gateway, F on the N F workers, parities on the R parity workers.
+- ``parm-k2``: the coded endpoint on the gateway, F on the N F workers, parities on the R parity workers, a
+  straggler also hedged on another F worker while they have spare capacity (the gateway's default);
+- ``parm-k2-nohedge``: the same endpoint without hedging (``hedge_below_load`` 0): rebuilds only.
 
 Faults (scenario ``faults``): whole F-worker servers stopped (``ServerPause``) for ``pause_s`` seconds or throttled
 (``ServerCpuQuota``, ``throttle_cpus`` of a CPU) for ``throttle_s``, one fault at a time on a random F worker,
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from parm.cluster import LocalCluster
+from parm.cluster import LocalCluster, with_parameters
 from parm.loadtest.faults import Fault, cgroup_quota_available
 from parm.loadtest.openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
 from parm.loadtest.report import (
@@ -46,10 +48,11 @@ from parm.loadtest.server_faults import ServerCpuQuota, ServerPause
 
 logger = logging.getLogger(__name__)
 
-SCHEMES = ("equal", "hedged", "relay", "parm-k2")
+SCHEMES = ("equal", "hedged", "relay", "parm-k2", "parm-k2-nohedge")
 SCENARIOS = ("no-fault", "faults")
 RELAY_SOURCE = Path(__file__).with_name("grpc_relay_model.py")
 RELAY_SUFFIX = "_relay"
+NOHEDGE_SUFFIX = "_nohedge"
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,19 @@ class ClusterBench:
             parity_workers=config.parity_workers,
             repository=config.repository,
             parity_serves_f=True,
-            add_gateway_models=self._add_relay,
+            add_gateway_models=self._add_gateway_models,
         )
+
+    def _add_gateway_models(self, repository: Path, f_addresses: Sequence[str]) -> None:
+        """The relay model and the coded endpoint without hedging, beside the coded endpoint on the gateway."""
+        self._add_relay(repository, f_addresses)
+        coded = repository / self.cluster.coded
+        variant = repository / f"{self.cluster.coded}{NOHEDGE_SUFFIX}"
+        variant.mkdir()
+        for version in (p for p in coded.iterdir() if p.is_dir()):
+            (variant / version.name).symlink_to(version.resolve(), target_is_directory=True)
+        config = with_parameters((coded / "config.pbtxt").read_text(), {"hedge_below_load": "0"})
+        (variant / "config.pbtxt").write_text(config.replace(f'name: "{coded.name}"', f'name: "{variant.name}"', 1))
 
     def _add_relay(self, repository: Path, f_addresses: Sequence[str]) -> None:
         """The relay model on the gateway, with F's own signature (from F's config)."""
@@ -183,7 +197,12 @@ class ClusterBench:
         if scheme in ("equal", "hedged"):
             urls = [cluster[name].grpc_url for name in cluster.names("f") + cluster.names("parity")]
             return BalancedClient(urls, cluster.f_model, "input", "logits", config.timeout_s)
-        model = cluster.coded if scheme.startswith("parm") else f"{cluster.f_model}{RELAY_SUFFIX}"
+        models = {
+            "parm-k2": cluster.coded,
+            "parm-k2-nohedge": f"{cluster.coded}{NOHEDGE_SUFFIX}",
+            "relay": f"{cluster.f_model}{RELAY_SUFFIX}",
+        }
+        model = models[scheme]
         return OpenLoopClient(
             cluster.gateway.grpc_url, model, "input", "logits", flag_output=scheme.startswith("parm"),
             timeout_s=config.timeout_s,

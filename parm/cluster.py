@@ -33,6 +33,9 @@ from parm.server import TritonServer
 logger = logging.getLogger(__name__)
 
 CLUSTER_FILE = "cluster.json"
+GATEWAY_DEFAULTS = {"hedge_below_load": "1"}
+"""Settings a gateway gets unless told otherwise: its workers are dedicated servers, so a straggler is hedged on
+another worker while they have spare capacity (``hedge_below_load``), racing its rebuild."""
 ROLES = ("gateway", "f", "parity")
 
 
@@ -88,7 +91,8 @@ def with_parameters(config_text: str, values: Mapping[str, str]) -> str:
 class LocalCluster:
     """Starts, describes and stops a local cluster; a context manager.
 
-    ``gateway_parameters`` override the coded endpoint's settings on the gateway (e.g. ``request_timeout_ms``).
+    ``gateway_parameters`` override the coded endpoint's settings on the gateway (e.g. ``request_timeout_ms``;
+    ``GATEWAY_DEFAULTS`` apply otherwise).
     ``parity_serves_f``: the parity workers serve F too (the benchmark's equal-resources baseline uses every
     server for F). ``add_gateway_models(repository, f_addresses)`` may add models to the gateway's repository once
     the workers' addresses are known (the benchmark's relay).
@@ -122,7 +126,7 @@ class LocalCluster:
         self.n_workers = workers
         self.n_parity_workers = parity_workers
         self.host = host
-        self.gateway_parameters = dict(gateway_parameters or {})
+        self.gateway_parameters = {**GATEWAY_DEFAULTS, **(gateway_parameters or {})}
         self.worker_args = tuple(worker_args)
         self.startup_timeout = startup_timeout
         self.parity_serves_f = parity_serves_f

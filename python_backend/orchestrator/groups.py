@@ -100,6 +100,8 @@ class Member:
     wait for ``decode_after``."""
     worker: Worker | None = None
     """Where its F call runs."""
+    hedged: bool = False
+    """Its query was also sent to a second F worker (``hedge_below_load``)."""
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

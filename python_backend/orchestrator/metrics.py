@@ -119,6 +119,15 @@ def _counter_specs() -> list[_CounterSpec]:
                 lambda s, field=field: getattr(s, field),
             )
         )
+    for outcome, field in (("sent", "hedges"), ("won", "hedges_won")):
+        specs.append(
+            _CounterSpec(
+                "parm_hedges_total",
+                "Stragglers whose query also went to a second F worker (sent), and those answered by it (won)",
+                {"outcome": outcome},
+                lambda s, field=field: getattr(s, field),
+            )
+        )
     for spread, field in (("distinct", "groups_spread"), ("shared", "groups_shared")):
         specs.append(
             _CounterSpec(

@@ -152,7 +152,11 @@ def wait_all_up(cluster: LocalCluster, timeout: float = 20.0) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path_factory.mktemp("cluster"), workers=3, parity_workers=1, repository=REPOSITORY) as c:
+    # Without hedging, so that what the code rebuilds is what these tests see (the cluster bench measures hedging).
+    with LocalCluster(
+        tmp_path_factory.mktemp("cluster"), workers=3, parity_workers=1, repository=REPOSITORY,
+        gateway_parameters={"hedge_below_load": "0"},
+    ) as c:  # fmt: skip
         yield c
 
 

@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from parm.backend.orchestrator import metrics
 from parm.backend.orchestrator.groups import AnswerSource, ParityReason
+from parm.cluster import GATEWAY_DEFAULTS
 from parm.security import grpc_keepalive_args, restricted_api_args
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -219,10 +220,9 @@ def test_the_gateway_config_map_names_the_worker_services_and_is_the_generated_o
     ]
     assert len(config_maps) == 1
     text = config_maps[0]["data"]["config.pbtxt"]
-    committed = render_gateway_config.COMMITTED.read_text()
-    assert text == render_gateway_config.render(committed, render_gateway_config.KUBERNETES_WORKERS), (
-        "stale: run .venv/bin/python deploy/render_gateway_config.py"
-    )
+    generated = ROOT / "deploy" / "kubernetes" / f"{render_gateway_config.CODED_MODEL}.config.pbtxt"
+    stale = "stale: run .venv/bin/python deploy/render_gateway_config.py"
+    assert text == render_gateway_config.rendered()[generated], stale
     parameters = _parameters(text)
     for key, service in (("f_workers", "parm-f-workers"), ("parity_workers", "parm-parity-workers")):
         assert parameters[key] == f"dns:{service}.{NAMESPACE}.svc.cluster.local:8001"
@@ -234,14 +234,17 @@ def test_the_gateway_config_map_names_the_worker_services_and_is_the_generated_o
     assert volumes[mount["name"]]["configMap"]["name"] == config_maps[0]["metadata"]["name"], "the hashed name"
 
 
-def test_generated_configs_are_the_committed_one_plus_the_workers():
+def test_generated_configs_are_the_committed_one_plus_the_workers_and_the_gateway_defaults():
     committed = render_gateway_config.COMMITTED.read_text()
     for path, text in render_gateway_config.rendered().items():
         assert path.read_text() == text, f"{path.relative_to(ROOT)} is stale: run deploy/render_gateway_config.py"
         generated = text_format.Parse(text, mc.ModelConfig())
         for key in ("f_workers", "parity_workers"):
             del generated.parameters[key]
-        assert generated == text_format.Parse(committed, mc.ModelConfig()), path
+        expected = text_format.Parse(committed, mc.ModelConfig())
+        for key, value in GATEWAY_DEFAULTS.items():  # what every gateway gets
+            expected.parameters[key].string_value = value
+        assert generated == expected, path
 
 
 # -- who may talk to whom ------------------------------------------------------------------------------------------

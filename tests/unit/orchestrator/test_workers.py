@@ -198,3 +198,59 @@ def test_the_calls_an_ejected_worker_holds_are_rebuilt_at_once() -> None:
         h.assert_exactly_once()
 
     run_checked(scenario())
+
+
+def _two_worker_harness(**config):
+    stuck, healthy = LinearF("f"), LinearF("f")
+    stuck.paused = asyncio.Event()
+    h = Harness(request_timeout_ms=2000.0, decode_after_ms=1000.0, decode_after_quantile=0.0, **config)
+    workers = [
+        Worker("w0", WorkerRole.F, {"f": stuck}, Health(1.0, 3)),
+        Worker("w1", WorkerRole.F, {"f": healthy}, Health(1.0, 3)),
+    ]
+    f_pool = WorkerPool(WorkerRole.F, workers)
+    parity_pool = WorkerPool.local(WorkerRole.PARITY, [h.parity], 1.0, ejectable=True, setting="parity_cooldown_ms")
+    h.dispatcher = make_dispatcher(h.config, f_pool, parity_pool, SumEncoder(), SubtractionDecoder())
+    return h, stuck, healthy, workers
+
+
+@pytest.mark.parametrize("threshold", [0.0, 5.0])
+def test_a_straggler_is_hedged_on_another_worker_only_while_the_workers_have_spare_capacity(threshold) -> None:
+    async def scenario() -> None:
+        h, stuck, healthy, workers = _two_worker_harness(hedge_below_load=threshold)
+        loop = asyncio.get_running_loop()
+        first, second = h.submit(0.1), h.submit(0.2)
+        await h.answer(second)
+        calls = healthy.calls
+        h.dispatcher.f_workers.failed(workers[0], loop.time(), "test")
+        answer = await h.answer(first, timeout=0.5)
+        stats = h.dispatcher.stats
+        if threshold > 0:
+            assert answer.source is AnswerSource.ORIGINAL, "the hedge's answer is F's own"
+            assert healthy.calls == calls + 1 and (stats.hedges, stats.hedges_won) == (1, 1)
+        else:
+            assert answer.source is AnswerSource.REBUILT and stats.hedges == 0
+        np.testing.assert_allclose(answer.outputs["y"], (await healthy.infer(h.queries[first], ["y"]))["y"], rtol=1e-4)
+        stuck.paused.set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run_checked(scenario())
+
+
+def test_no_hedge_while_the_workers_are_busy() -> None:
+    async def scenario() -> None:
+        h, stuck, _, workers = _two_worker_harness(hedge_below_load=0.5)
+        loop = asyncio.get_running_loop()
+        first, second = h.submit(0.1), h.submit(0.2)
+        await h.answer(second)
+        workers[1].outstanding += 3  # busy elsewhere: 2 calls per worker on average
+        h.dispatcher.f_workers.failed(workers[0], loop.time(), "test")
+        answer = await h.answer(first, timeout=0.5)
+        workers[1].outstanding -= 3
+        assert answer.source is AnswerSource.REBUILT and h.dispatcher.stats.hedges == 0
+        stuck.paused.set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run_checked(scenario())

@@ -318,8 +318,12 @@ class CodedDispatcher:
         self._handle_stragglers(stuck)
 
     def _handle_stragglers(self, request_ids: list[int]) -> None:
-        """Members just found stuck: each one's group closes now, its parity is sent, or its rebuild starts."""
+        """Members just found stuck: each may be hedged, and its group closes now, its parity is sent, or its
+        rebuild starts."""
         for request_id in request_ids:  # what follows may answer members, which changes ``_pending``
+            member = self._pending.get(request_id)
+            if member is not None and not member.answered:
+                self._maybe_hedge(member)
             group = self._groups_of.get(request_id)
             if group is None:
                 continue
@@ -328,6 +332,58 @@ class CodedDispatcher:
             elif group.parity_pending:
                 self._parity_if_still_needed(group)
             else:
+                self._try_decode(group)
+
+    def _maybe_hedge(self, member: Member) -> None:
+        """Sends a straggler's query to a second F worker too while the workers have spare capacity
+        (``hedge_below_load``): the first of F's answers and the rebuild wins, and a hedge's answer also completes
+        the group for its other members' rebuilds."""
+        threshold = self._config.hedge_below_load
+        if threshold <= 0 or member.hedged:
+            return
+        now = self._loop.time()
+        up = [worker for worker in self.f_workers.workers if worker.available(now)]
+        if not up or sum(worker.outstanding for worker in up) / len(up) >= threshold:
+            return
+        exclude = [member.worker.name] if member.worker is not None else []
+        worker = self.f_workers.pick(now, exclude=exclude, fallback=False)
+        if worker is None:
+            return
+        member.hedged = True
+        self.stats.hedges += 1
+        self._spawn(self._run_hedge(member, worker))
+
+    async def _run_hedge(self, member: Member, worker: Worker) -> None:
+        group = self._groups_of.get(member.request_id)
+        won = False
+
+        def answer_early(outputs: Tensors) -> None:
+            nonlocal won
+            won = member.answer(Answer(AnswerSource.ORIGINAL, outputs))
+
+        pool = self.f_workers
+        pool.started(worker)
+        answered_in = None
+        started = self._loop.time()
+        time_left = member.arrival + self._config.request_timeout_ms / 1000 - started
+        try:
+            outputs = await worker.target().infer(
+                member.inputs, self._config.output_names, on_outputs=answer_early, timeout=time_left
+            )
+            answered_in = self._loop.time() - started
+        except TargetError as error:
+            if error.worker_fault:
+                pool.failed(worker, self._loop.time(), str(error))
+            return
+        finally:
+            pool.finished(worker, answered_in, self._loop.time())
+        if won:
+            self.stats.hedges_won += 1
+            self._settle(member)
+        if group is not None:
+            slot = next(slot for slot in group.slots if slot.member is member)
+            if slot.outputs is None and slot.failure is None:
+                slot.outputs = outputs
                 self._try_decode(group)
 
     def _send_parity(self, group: CodingGroup, why: ParityReason) -> None:
