@@ -43,6 +43,8 @@ from parm.export.pipeline import torch_threads
 from parm.export.repository import CodedDeployment, install_orchestrator, model_configs, write_repository
 from parm.export.train import TrainConfig, degraded_accuracy, train_classifier
 
+from .configs import BenchModelSpec
+
 logger = logging.getLogger(__name__)
 
 F_NAME = "deep"
@@ -56,49 +58,6 @@ MAX_BATCH_SIZE = 32
 MANIFEST = "manifest.json"
 CODE = "sum"
 QUICK_STEPS = 3
-
-
-@dataclass(frozen=True)
-class BenchModelSpec:
-    """What to build: F's size, the k values, instance counts and training budgets (small: digits is small and the
-    benchmark measures latency; the degraded-mode accuracy is recorded so the cost of a rebuild stays visible)."""
-
-    width: int = 80
-    blocks: int = 12
-    upsample: int = 2
-    ks: tuple[int, ...] = (2,)
-    f_instances: int = 2
-    parity_instances: int = 1
-    seed: int = 0
-    f_epochs: int = 4
-    parity_epochs: int = 4
-    parity_groups_per_epoch: int = 2000
-    quick: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.ks or any(k < 2 for k in self.ks) or len(set(self.ks)) != len(self.ks):
-            raise ConfigError(f"ks must be distinct values >= 2, got {self.ks}")
-        if self.f_instances < 1 or self.parity_instances < 1:
-            raise ConfigError(
-                f"f_instances and parity_instances must be >= 1, got {self.f_instances}, {self.parity_instances}"
-            )
-
-    def f_config(self) -> TrainConfig:
-        cfg = TrainConfig(epochs=self.f_epochs, batch_size=64, lr=2e-3, seed=self.seed)
-        return dataclasses.replace(cfg, epochs=1, max_steps=QUICK_STEPS) if self.quick else cfg
-
-    def parity_config(self) -> TrainConfig:
-        """ParM's parity training, with a budget cut to what a deeper F allows on a small CPU."""
-        return TrainConfig(
-            epochs=self.parity_epochs,
-            batch_size=128,
-            lr=2e-3,
-            seed=self.seed,
-            groups_per_epoch=self.parity_groups_per_epoch,
-        )
-
-    def as_json(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "ks": list(self.ks)}
 
 
 @dataclass(frozen=True)
@@ -135,6 +94,33 @@ class BenchRepository:
     @property
     def total_instances(self) -> int:
         return self.f_instances + self.parity_instances
+
+
+def f_train_config(spec: BenchModelSpec) -> TrainConfig:
+    cfg = TrainConfig(epochs=spec.f_epochs, batch_size=64, lr=2e-3, seed=spec.seed)
+    return dataclasses.replace(cfg, epochs=1, max_steps=QUICK_STEPS) if spec.quick else cfg
+
+
+def parity_train_config(spec: BenchModelSpec) -> TrainConfig:
+    """ParM's parity training, with a budget cut to what a deeper F allows on a small CPU."""
+    return TrainConfig(
+        epochs=spec.parity_epochs,
+        batch_size=128,
+        lr=2e-3,
+        seed=spec.seed,
+        groups_per_epoch=spec.parity_groups_per_epoch,
+    )
+
+
+def f_predictions(repo: BenchRepository, queries: np.ndarray) -> np.ndarray:
+    """F's own predicted class for each query (onnxruntime on F's ONNX file), to judge rebuilt answers."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(repo.f_onnx), providers=["CPUExecutionProvider"])
+    out = np.concatenate(
+        [session.run(None, {repo.input_name: queries[i : i + 64]})[0] for i in range(0, len(queries), 64)]
+    )
+    return out.argmax(axis=1)
 
 
 def _names(k: int) -> str:
@@ -260,12 +246,12 @@ def build_bench_repository(root: Path, spec: BenchModelSpec) -> BenchRepository:
         torch.manual_seed(spec.seed)
         f_model = DeepDigitsCNN(spec.width, spec.blocks, spec.upsample)
         logger.info("training F = %s", architecture)
-        f_result = train_classifier(f_model, splits.train, splits.val, spec.f_config())
+        f_result = train_classifier(f_model, splits.train, splits.val, f_train_config(spec))
         f = torch_f(f_model, f_input, f_output, architecture + " trained on scikit-learn digits")
         for k in spec.ks:
             logger.info("training the ParM parity model for k=%d", k)
             trained = train_code(
-                CodeConfig(CODE, k, train=spec.parity_config()),
+                CodeConfig(CODE, k, train=parity_train_config(spec)),
                 f,
                 splits.train,
                 splits.val,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .benchrepo import BenchModelSpec
+from .configs import BenchConfig, BenchModelSpec, SoakConfig
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +28,99 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+_READERS: dict[object, Callable[[str], object]] = {
+    int: int,
+    float: float,
+    str: str,
+    Path: Path,
+    tuple[str, ...]: _names,
+    tuple[float, ...]: _floats,
+    tuple[int, ...]: _ints,
+    float | None: float,
+}
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_options(
+    parser: argparse.ArgumentParser, spec: type, options: Sequence[tuple[str, str, str]], *, defaults: object = None
+) -> None:
+    """Adds ``(flag, field, help)`` options whose default and type are those of ``spec``'s field (a bool field: a
+    switch), so a default is defined once, in the dataclass; ``defaults`` (an instance) overrides them."""
+    hints = typing.get_type_hints(spec)
+    values = {f.name: f for f in dataclasses.fields(spec)}
+    for flag, name, text in options:
+        entry = values[name]
+        if defaults is not None:
+            default = getattr(defaults, name)
+        elif entry.default is not dataclasses.MISSING:
+            default = entry.default
+        else:
+            default = entry.default_factory()  # type: ignore[misc]
+        if hints[name] is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=default, help=text)
+            continue
+        parser.add_argument(
+            flag,
+            dest=name,
+            metavar=flag.removeprefix("--").upper(),
+            type=_READERS[hints[name]],
+            default=default,
+            help=text if default is None else f"{text} (default {_shown(default)})",
+        )
+
+
+def from_options(spec: type, args: argparse.Namespace, **fixed: object) -> Any:
+    """``spec`` built from the options ``add_options`` added (and ``fixed`` values)."""
+    names = {f.name for f in dataclasses.fields(spec)}
+    return spec(**{name: value for name, value in vars(args).items() if name in names and name not in fixed}, **fixed)
+
+
+MODEL_OPTIONS = (
+    ("--ks", "ks", "ParM k values to build, comma-separated"),
+    ("--width", "width", "F's channels (DeepDigitsCNN)"),
+    ("--blocks", "blocks", "F's residual blocks"),
+    ("--quick-models", "quick", "a few training steps only (smoke runs)"),
+    ("--seed", "seed", "seed of the models, arrivals, queries and faults"),
+)
+"""The benchmark models' options, shared by ``bench`` and ``soak`` (same spec: same trained models)."""
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The benchmark models' options, shared by ``bench`` and ``soak`` (same spec: same trained models)."""
-    parser.add_argument("--models", type=Path, default=Path("runs/bench/models"), help="benchmark models (built here)")
-    parser.add_argument("--ks", type=_ints, default=(2,), help="ParM k values to build, comma-separated (default 2)")
-    parser.add_argument("--width", type=int, default=80, help="F's channels (DeepDigitsCNN, default 80)")
-    parser.add_argument("--blocks", type=int, default=12, help="F's residual blocks (default 12)")
-    parser.add_argument("--quick-models", action="store_true", help="a few training steps only (smoke runs)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_options(parser, BenchModelSpec, MODEL_OPTIONS)
 
 
-def _model_spec(args: argparse.Namespace) -> BenchModelSpec:
-    from .benchrepo import BenchModelSpec  # torch comes with it: only for the commands that need it
-
-    return BenchModelSpec(width=args.width, blocks=args.blocks, ks=args.ks, seed=args.seed, quick=args.quick_models)
+BENCH_OPTIONS = (
+    ("--out", "out_dir", "output folder"),
+    ("--models", "models_dir", "benchmark models (built here)"),
+    ("--rebuild", "rebuild", "retrain the benchmark models even if they exist"),
+    ("--rate", "rate", "offered load, requests/s"),
+    ("--duration", "duration_s", "seconds per cell"),
+    ("--warmup", "warmup_s", "warm-up seconds before each cell"),
+    (
+        "--schemes",
+        "schemes",
+        "comma-separated, from none, equal, hedged, parm (every k), parm-k<K>, parm-eager, and relay (a BLS "
+        "pass-through to F: the Python backend's own cost, reported next to the orchestrator's)",
+    ),
+    ("--scenarios", "scenarios", "comma-separated, from no-fault, pause, starve, kill"),
+    ("--sweep-rates", "sweep_rates", "further rates, comma-separated (e.g. 5,80)"),
+    ("--sweep-schemes", "sweep_schemes", "schemes at the further rates"),
+    ("--sweep-scenarios", "sweep_scenarios", "scenarios at the further rates"),
+    ("--sweep-duration", "sweep_duration_s", "seconds per sweep cell (default --duration)"),
+    ("--rounds", "rounds", "time slices per cell, interleaved across schemes"),
+    ("--hit-fraction", "hit_fraction", "share of requests a pause should hit"),
+    ("--pause-min", "pause_min_s", "shortest pause, s"),
+    ("--pause-max", "pause_max_s", "longest pause, s (< 0.9)"),
+    ("--starve", "starve", "CPU starvation kind: auto, quota or hog"),
+    ("--starve-cpus", "starve_cpus", "CPU quota while starved"),
+    ("--hedge-delay-ms", "hedge_delay_ms", "hedging delay (default: equal's fault-free p95)"),
+    ("--profile", "profile_s", "seconds of py-spy on the coded endpoint, in an extra unmeasured run"),
+)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,73 +131,25 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         "(pause, CPU starvation, kill) on one F instance; writes summary.json, summary.md, requests.csv, "
         "faults.jsonl and latency-tail plots. Builds the benchmark models (a heavier F) on first use.",
     )
-    bench.add_argument("--out", type=Path, default=Path("runs/bench/latest"), help="output folder")
     _add_model_options(bench)
     bench.add_argument("--build-only", action="store_true", help="build (or reuse) the benchmark models and stop")
-    bench.add_argument("--rebuild", action="store_true", help="retrain the benchmark models even if they exist")
-    bench.add_argument("--rate", type=float, default=40.0, help="offered load, requests/s (default 40)")
-    bench.add_argument("--duration", type=float, default=30.0, help="seconds per cell (default 30)")
-    bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each cell (default 2)")
-    bench.add_argument(
-        "--schemes",
-        type=_names,
-        default=("none", "equal", "hedged", "parm"),
-        help="comma-separated, from none, equal, hedged, parm (every k), parm-k<K>, parm-eager, and relay (a BLS "
-        "pass-through to F: the Python backend's own cost, reported next to the orchestrator's)",
-    )
-    bench.add_argument(
-        "--scenarios", type=_names, default=("no-fault", "pause", "starve", "kill"), help="comma-separated"
-    )
-    bench.add_argument("--sweep-rates", type=_floats, default=(), help="further rates, comma-separated (e.g. 5,80)")
-    bench.add_argument("--sweep-schemes", type=_names, default=("equal", "hedged", "parm"))
-    bench.add_argument("--sweep-scenarios", type=_names, default=("no-fault", "pause"))
-    bench.add_argument("--sweep-duration", type=float, default=None, help="seconds per sweep cell (default --duration)")
-    bench.add_argument(
-        "--rounds", type=int, default=3, help="time slices per cell, interleaved across schemes (default 3)"
-    )
-    bench.add_argument("--hit-fraction", type=float, default=0.02, help="share of requests a pause should hit")
-    bench.add_argument("--pause-min", type=float, default=0.2, help="shortest pause, s (default 0.2)")
-    bench.add_argument("--pause-max", type=float, default=0.8, help="longest pause, s (< 0.9; default 0.8)")
-    bench.add_argument("--starve", choices=("auto", "quota", "hog"), default="auto", help="CPU starvation kind")
-    bench.add_argument("--starve-cpus", type=float, default=0.1, help="CPU quota while starved (default 0.1)")
-    bench.add_argument("--hedge-delay-ms", type=float, default=None, help="default: equal's fault-free p95")
-    bench.add_argument("--profile", type=float, default=0.0, metavar="SECONDS", help="py-spy the coded endpoint")
+    add_options(bench, BenchConfig, BENCH_OPTIONS)
     return bench
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, run_bench
-
-    config = BenchConfig(
-        out_dir=args.out,
-        models_dir=args.models,
-        model_spec=_model_spec(args),
-        rebuild=args.rebuild,
-        rate=args.rate,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        schemes=args.schemes,
-        scenarios=args.scenarios,
-        sweep_rates=args.sweep_rates,
-        sweep_schemes=args.sweep_schemes,
-        sweep_scenarios=args.sweep_scenarios,
-        sweep_duration_s=args.sweep_duration,
-        hit_fraction=args.hit_fraction,
-        pause_min_s=args.pause_min,
-        pause_max_s=args.pause_max,
-        starve=args.starve,
-        starve_cpus=args.starve_cpus,
-        hedge_delay_ms=args.hedge_delay_ms,
-        profile_s=args.profile,
-        rounds=args.rounds,
-        seed=args.seed,
-    )
-    outcome = run_bench(config, build_only=args.build_only)
+    spec = from_options(BenchModelSpec, args)
     if args.build_only:
-        print(f"benchmark models in {config.models_dir}: {outcome.manifest}")  # type: ignore[union-attr]
+        from .benchrepo import ensure_bench_repository  # torch comes with it: only for the commands that need it
+
+        repo = ensure_bench_repository(args.models_dir, spec, rebuild=args.rebuild)
+        print(f"benchmark models in {repo.root}: F {repo.manifest.get('f_architecture')}, coded {sorted(repo.coded)}")
         return 0
-    print(outcome.markdown)  # type: ignore[union-attr]
-    print(f"written: {', '.join(str(p) for p in outcome.files.values())}")  # type: ignore[union-attr]
+    from .bench import run_bench
+
+    outcome = run_bench(from_options(BenchConfig, args, model_spec=spec))
+    print(outcome.markdown)
+    print(f"written: {', '.join(str(p) for p in outcome.files.values())}")
     return 0
 
 
@@ -183,6 +216,25 @@ def run_loadtest_command(args: argparse.Namespace) -> int:
     return 0 if result.returncode == 0 and not result.hard_stopped and result.rows else 1
 
 
+SOAK_OPTIONS = (
+    ("--out", "out_dir", "output folder"),
+    ("--models", "models_dir", "benchmark models (built here, shared with parm bench)"),
+    ("--k", "k", "which coded endpoint (its k must be among --ks)"),
+    ("--rate", "rate", "offered load, requests/s"),
+    ("--duration", "duration_s", "seconds of load"),
+    ("--warmup", "warmup_s", "warm-up seconds before the soak"),
+    ("--hit-fraction", "hit_fraction", "share of requests a pause should hit"),
+    ("--pause-min", "pause_min_s", "shortest pause, s"),
+    ("--pause-max", "pause_max_s", "longest pause, s (< 0.9)"),
+    ("--kill-every", "kill_every_s", "mean seconds between kills"),
+    ("--restart-after", "restart_after_s", "seconds from a kill to its restart"),
+    ("--reap-after", "reap_after_s", "seconds from a restart to reaping retired stubs"),
+    ("--sample-every", "sample_every_s", "seconds between RSS samples"),
+    ("--window", "window_s", "report window, s"),
+    ("--memory-limit", "memory_growth_limit_mb", "allowed RSS growth over the second half, MB"),
+)
+
+
 def add_soak_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     soak = commands.add_parser(
         "soak",
@@ -193,47 +245,15 @@ def add_soak_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPa
         "one answer, that every error overlapped a fault, and that the orchestrator's RSS stayed bounded. Writes "
         "soak.json, soak.md, soak.png, requests.csv, faults.jsonl, memory.csv; exits 1 if a check fails.",
     )
-    soak.add_argument("--out", type=Path, default=Path("runs/soak/latest"), help="output folder")
     _add_model_options(soak)
-    soak.add_argument("--k", type=int, default=2, help="which coded endpoint (its k must be among --ks)")
-    soak.add_argument("--rate", type=float, default=40.0, help="offered load, requests/s (default 40)")
-    soak.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
-    soak.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds before the soak (default 5)")
-    soak.add_argument("--hit-fraction", type=float, default=0.02, help="share of requests a pause should hit")
-    soak.add_argument("--pause-min", type=float, default=0.2, help="shortest pause, s (default 0.2)")
-    soak.add_argument("--pause-max", type=float, default=0.8, help="longest pause, s (< 0.9; default 0.8)")
-    soak.add_argument("--kill-every", type=float, default=60.0, help="mean seconds between kills (default 60)")
-    soak.add_argument("--restart-after", type=float, default=5.0, help="seconds from a kill to its restart")
-    soak.add_argument("--reap-after", type=float, default=10.0, help="seconds from a restart to reaping retired stubs")
-    soak.add_argument("--sample-every", type=float, default=2.0, help="seconds between RSS samples (default 2)")
-    soak.add_argument("--window", type=float, default=60.0, help="report window, s (default 60)")
-    soak.add_argument("--memory-limit", type=float, default=16.0, help="allowed RSS growth, 2nd half, MB")
+    add_options(soak, SoakConfig, SOAK_OPTIONS)
     return soak
 
 
 def run_soak_command(args: argparse.Namespace) -> int:
-    from .soak import SoakConfig, run_soak
+    from .soak import run_soak
 
-    config = SoakConfig(
-        out_dir=args.out,
-        models_dir=args.models,
-        model_spec=_model_spec(args),
-        k=args.k,
-        rate=args.rate,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        hit_fraction=args.hit_fraction,
-        pause_min_s=args.pause_min,
-        pause_max_s=args.pause_max,
-        kill_every_s=args.kill_every,
-        restart_after_s=args.restart_after,
-        reap_after_s=args.reap_after,
-        sample_every_s=args.sample_every,
-        window_s=args.window,
-        memory_growth_limit_mb=args.memory_limit,
-        seed=args.seed,
-    )
-    outcome = run_soak(config)
+    outcome = run_soak(from_options(SoakConfig, args, model_spec=from_options(BenchModelSpec, args)))
     print(outcome.markdown)
     print(f"written: {', '.join(str(p) for p in outcome.files.values())}")
     return 0 if outcome.passed else 1

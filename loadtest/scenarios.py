@@ -31,6 +31,10 @@ from . import faults
 logger = logging.getLogger(__name__)
 
 
+SCENARIO_NAMES = ("no-fault", "pause", "starve", "kill")
+"""The benchmark's scenarios, in the order a rate's cells run (a destructive one last)."""
+
+
 class FaultKind(str, Enum):
     PAUSE = "pause"
     KILL = "kill"

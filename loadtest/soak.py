@@ -43,8 +43,9 @@ from parm.export.repository import parse_orchestrator_config, read_config
 from parm.server import TritonServer
 
 from . import prometheus
-from .bench import f_predictions, server_request_count
-from .benchrepo import BenchModelSpec, BenchRepository, ensure_bench_repository
+from .accounting import server_request_count
+from .benchrepo import BenchRepository, ensure_bench_repository, f_predictions
+from .configs import SoakConfig
 from .faults import find_instance_pids
 from .openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
 from .report import CellStats, cell_stats, percentile, write_requests_csv, write_summary
@@ -55,35 +56,6 @@ logger = logging.getLogger(__name__)
 SERVER = "tritonserver"
 TOTAL = "server and all its processes"
 """The sampler's sum over tritonserver and every child process (retired instances included); pid 0 in the samples."""
-
-
-@dataclass(frozen=True)
-class SoakConfig:
-    out_dir: Path
-    models_dir: Path = Path("runs/bench/models")
-    model_spec: BenchModelSpec = field(default_factory=BenchModelSpec)
-    k: int = 2
-    rate: float = 40.0
-    duration_s: float = 600.0
-    warmup_s: float = 5.0
-    hit_fraction: float = 0.02
-    pause_min_s: float = 0.2
-    pause_max_s: float = 0.8
-    kill_every_s: float = 60.0
-    restart_after_s: float = 5.0
-    reap_after_s: float = 10.0
-    """Seconds after a restart when instances of the retired version still alive are killed (``reload_model``)."""
-    sample_every_s: float = 2.0
-    window_s: float = 60.0
-    """Width of the time windows the report breaks the run into."""
-    memory_growth_limit_mb: float = 16.0
-    timeout_s: float = 10.0
-    seed: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["model_spec"] = self.model_spec.as_json()
-        return out
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from parm.loadtest import faults
-from parm.loadtest.bench import BenchConfig, run_bench
+from parm.loadtest.bench import run_bench
+from parm.loadtest.configs import BenchConfig
 from parm.loadtest.openloop import poisson_arrivals
 
 from .conftest import BENCH_SPEC

@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from parm.loadtest import faults
-from parm.loadtest.soak import SoakConfig, run_soak
+from parm.loadtest.configs import SoakConfig
+from parm.loadtest.soak import run_soak
 
 from .conftest import BENCH_SPEC
 
