@@ -22,14 +22,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codes import Code, Decoder, ParityKind, erased_mask, parity_mask, register_code
+from parm.errors import ConfigError
+
+from .code_registry import Code, Decoder, ParityKind, erased_mask, parity_mask, register_code
 from .linear_codes import LinearEncoder
 
 
 def berrut_points(k: int, s: int) -> tuple[np.ndarray, np.ndarray]:
     """(alpha [k], z [s]): the query nodes and parity points among N = k + s sorted Chebyshev points."""
     if k < 2 or s < 1:
-        raise ValueError(f"Berrut coding needs k >= 2 and s >= 1, got k={k}, s={s}")
+        raise ConfigError(f"Berrut coding needs k >= 2 and s >= 1, got k={k}, s={s}")
     n = k + s
     points = -np.cos((2 * np.arange(n) + 1) * np.pi / (2 * n))  # ascending
     parity_positions = [(j + 1) * n // (s + 1) for j in range(s)]

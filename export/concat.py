@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .codes import Code, Encoder, ParityKind, SubtractionDecoder, register_code
+from parm.errors import ConfigError
+
+from .code_registry import Code, Encoder, ParityKind, SubtractionDecoder, register_code
 
 CONCAT_KS = (2, 4)
 
@@ -24,13 +26,13 @@ class ConcatEncoder(Encoder):
     def __init__(self, k: int, query_shape: tuple[int, ...] = ()) -> None:
         super().__init__(k, r=1)
         if k not in CONCAT_KS:
-            raise ValueError(f"the concatenation encoder tiles k = 2 (side by side) or 4 (quadrants), got k={k}")
+            raise ConfigError(f"the concatenation encoder tiles k = 2 (side by side) or 4 (quadrants), got k={k}")
         if query_shape:
             if len(query_shape) != 3:
-                raise ValueError(f"the concatenation encoder needs image queries [C, H, W], got {query_shape}")
+                raise ConfigError(f"the concatenation encoder needs image queries [C, H, W], got {query_shape}")
             _, height, width = query_shape
             if width % 2 or (k == 4 and height % 2):
-                raise ValueError(
+                raise ConfigError(
                     f"k={k} tiling needs {'H and W' if k == 4 else 'W'} even, got [H, W]=[{height}, {width}]"
                 )
         self.pool = nn.AvgPool2d(kernel_size=(1, 2) if k == 2 else (2, 2))

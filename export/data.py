@@ -16,6 +16,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from parm.errors import ConfigError
+
 from .errors import DataFormatError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm"})
@@ -73,7 +75,7 @@ class DataSplits:
 def split_dataset(data: Dataset, val_fraction: float, test_fraction: float, seed: int) -> DataSplits:
     """Split into train/val/test, stratified by label when labels exist, reproducibly for ``seed``."""
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"fractions must be in (0, 1) and sum below 1, got {val_fraction}, {test_fraction}")
+        raise ConfigError(f"fractions must be in (0, 1) and sum below 1, got {val_fraction}, {test_fraction}")
     indices = np.arange(len(data))
     rest, test = train_test_split(indices, test_size=test_fraction, random_state=seed, stratify=data.y)
     rest_labels = None if data.y is None else data.y[rest]

@@ -27,27 +27,18 @@ from torch import nn
 
 from parm.backend.orchestrator.contract import CODED_SUFFIX
 from parm.backend.orchestrator.groups import rebuildable
+from parm.errors import ConfigError
 
-from .codes import get_code
-from .coding import CodeConfig, TrainedCode, train_code
+from .code_registry import get_code
+from .code_training import CodeConfig, TrainedCode
 from .data import DataSplits
+from .degraded import degraded_accuracy, paired_gap_stderr
 from .fsource import FSource, LoadedF, OnnxCallable
-from .models import BackupMLP
-from .pipeline import (
-    QUICK_STEPS,
-    DataSpec,
-    FSpec,
-    code_checkpoint,
-    f_key,
-    fingerprint,
-    load_splits,
-    prepare_f,
-    quick_config,
-    torch_threads,
-)
+from .models import BackupMLP, predict
+from .pipeline import DataSpec, FSpec, OfflinePipeline, f_key, fingerprint, load_splits, torch_threads
 from .report import Report, ReportRow
 from .repository import parse_orchestrator_config, read_config
-from .train import TrainConfig, degraded_accuracy, paired_gap_stderr, predict, train_classifier, train_distilled
+from .train import TrainConfig, train_classifier, train_distilled
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +134,7 @@ def baseline_rows(f: LoadedF, splits: DataSplits, seed: int, work_dir: Path, qui
     ]
     cfg = dataclasses.replace(BACKUP_CONFIG, seed=seed)
     if quick:
-        cfg = quick_config(cfg)
+        cfg = cfg.quick()
     checkpoint = work_dir / "checkpoints" / f"backup-{fingerprint(cfg, splits.train.x, f_key(FSpec(), f))}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 3)
@@ -192,32 +183,17 @@ def evaluate_codes(
     """Trains (or reloads from ``work_dir``'s checkpoints) F and every code, and reports on the test split."""
     started = time.perf_counter()
     work_dir = Path(work_dir)
-    f_spec, data = f_spec or FSpec(), data or DataSpec()
+    pipeline = OfflinePipeline(work_dir, f_spec, data, seed, quick)
+    f, splits, data = pipeline.f, pipeline.splits, pipeline.data
     rows: list[ReportRow] = []
-    with torch_threads():
-        splits = load_splits(data, seed)
-        f, _ = prepare_f(f_spec, splits, work_dir, seed, quick)
-        key = f_key(f_spec, f)
-        for code in codes:
-            checkpoint = code_checkpoint(work_dir, code, key, splits, seed, quick)
-            trained = train_code(
-                code, f, splits.train, splits.val, seed, checkpoint, quick_steps=QUICK_STEPS if quick else None
-            )
-            degraded = degraded_accuracy(
-                f.module,
-                trained.parity_side(f.module),
-                splits.test,
-                code.k,
-                trained.encoder,
-                trained.decoder,
-                seed=seed,
-            )
-            note = code.variant
-            row = ReportRow.for_code(
-                get_code(code.code).title or code.code, code.k, code.r, degraded, trained.train_seconds, note
-            )
+    for code in codes:
+        trained, degraded = pipeline.train(code)
+        row = ReportRow.for_code(
+            get_code(code.code).title or code.code, code.k, code.r, degraded, trained.train_seconds, code.variant
+        )
+        with torch_threads():
             rows.append(dataclasses.replace(row, extra_per_query=extra_per_query(trained, f)))
-            logger.info("%s: test degraded accuracy %s", code.label, degraded)
+    with torch_threads():
         if baselines:
             rows += baseline_rows(f, splits, seed, work_dir, quick)
         f_accuracy = None
@@ -263,7 +239,7 @@ def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: in
     started = time.perf_counter()
     coded = sorted(p for p in repository.iterdir() if p.name.endswith(CODED_SUFFIX) and (p / "config.pbtxt").exists())
     if not coded:
-        raise FileNotFoundError(f"{repository}: no coded endpoint (a '*{CODED_SUFFIX}' model) found")
+        raise ConfigError(f"{repository}: no coded endpoint (a '*{CODED_SUFFIX}' model) found")
     splits = load_splits(data, seed)
     rows: list[ReportRow] = []
     f_accuracy, f_description = None, ""

@@ -16,7 +16,7 @@ A learned code trains through F: a torch or TorchScript F as it is, an ONNX F as
 (``onnx_graph``: common CNN and MLP operators, checked against onnxruntime on the sample; any other graph is refused
 for learned codes, with the operators named). Serving always runs F's own file.
 
-F's answers on the training sample are computed once (``train.predict``) and cached for all of ParM's training, as
+F's answers on the training sample are computed once (``models.predict``) and cached for all of ParM's training, as
 ParM does, so an ONNX F costs one onnxruntime pass over the sample.
 """
 

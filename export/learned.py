@@ -19,7 +19,9 @@ import math
 import torch
 from torch import nn
 
-from .codes import Code, Decoder, Encoder, ParityKind, erased_mask, parity_mask, register_code
+from parm.errors import ConfigError
+
+from .code_registry import Code, Decoder, Encoder, ParityKind, erased_mask, parity_mask, register_code
 
 HIDDEN = 256
 """Width of the encoder and decoder MLPs' hidden layers."""
@@ -41,7 +43,7 @@ class MLPEncoder(Encoder):
     def __init__(self, k: int, r: int, query_shape: tuple[int, ...], hidden: int = HIDDEN) -> None:
         super().__init__(k, r)
         if not query_shape:
-            raise ValueError("a learned encoder needs the query shape")
+            raise ConfigError("a learned encoder needs the query shape")
         self.query_shape = tuple(query_shape)
         size = math.prod(self.query_shape)
         self.net = _mlp(k * size, hidden, r * size)
@@ -57,7 +59,7 @@ class ConvEncoder(Encoder):
     def __init__(self, k: int, r: int, query_shape: tuple[int, ...], channels: int = CONV_CHANNELS) -> None:
         super().__init__(k, r)
         if len(query_shape) != 3:
-            raise ValueError(f"the convolutional encoder needs image queries [C, H, W], got {query_shape}")
+            raise ConfigError(f"the convolutional encoder needs image queries [C, H, W], got {query_shape}")
         self.query_shape = tuple(query_shape)
         c = query_shape[0]
         layers: list[nn.Module] = []
@@ -81,7 +83,7 @@ class MLPDecoder(Decoder):
     def __init__(self, k: int, r: int, output_shape: tuple[int, ...], hidden: int = HIDDEN) -> None:
         super().__init__(k, r)
         if not output_shape:
-            raise ValueError("a learned decoder needs the output shape")
+            raise ConfigError("a learned decoder needs the output shape")
         self.output_size = math.prod(output_shape)
         self.net = _mlp((k + r) * (self.output_size + 1), hidden, k * self.output_size)
 

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from parm.backend.orchestrator.groups import rebuildable
+from parm.errors import ConfigError
 
-from .codes import Code, Decoder, Encoder, ParityKind, erased_mask, parity_mask, register_code
+from .code_registry import Code, Decoder, Encoder, ParityKind, erased_mask, parity_mask, register_code
 
 RIDGE = 1e-6
 """Added to the decoder's diagonal so a call with more than r erasures returns finite (meaningless) values, not NaN;
@@ -36,9 +37,9 @@ far below float32 tolerance for the at-most-r erasures the decoder is used for."
 def chebyshev_weights(k: int, r: int) -> np.ndarray:
     """[r, k] weights ``cos(pi * j * (2i + 1) / (2k))``: the first r rows of the DCT-II matrix (row 0 all ones)."""
     if k < 2 or r < 1:
-        raise ValueError(f"weights need k >= 2 and r >= 1, got k={k}, r={r}")
+        raise ConfigError(f"weights need k >= 2 and r >= 1, got k={k}, r={r}")
     if r > k:
-        raise ValueError(f"a linear code has at most r = k independent parities, got k={k}, r={r}")
+        raise ConfigError(f"a linear code has at most r = k independent parities, got k={k}, r={r}")
     j, i = np.meshgrid(np.arange(r), np.arange(k), indexing="ij")
     return np.cos(np.pi * j * (2 * i + 1) / (2 * k)).astype(np.float32)
 
@@ -49,7 +50,7 @@ class LinearEncoder(Encoder):
     def __init__(self, weights: np.ndarray | torch.Tensor) -> None:
         weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
         if weights.dim() != 2:
-            raise ValueError(f"weights must be [r, k], got shape {tuple(weights.shape)}")
+            raise ConfigError(f"weights must be [r, k], got shape {tuple(weights.shape)}")
         super().__init__(k=weights.shape[1], r=weights.shape[0])
         self.register_buffer("weights", weights)
 

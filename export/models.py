@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
+
+from parm.backend.orchestrator import TensorSpec
+from parm.errors import ConfigError
 
 DIGITS_INPUT = "input"
 """F's (and the parity model's) input tensor name: FP32 [B, 1, 8, 8]."""
@@ -17,6 +21,9 @@ DIGITS_OUTPUT = "logits"
 """F's (and the parity model's) output tensor name: FP32 [B, 10]."""
 DIGITS_QUERY_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10
+DIGITS_INPUT_SPEC = TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE)
+DIGITS_OUTPUT_SPEC = TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,))
+"""The digits F's signature, as the repository writer and the orchestrator see it (without the batch axis)."""
 
 
 class DigitsCNN(nn.Module):
@@ -28,7 +35,7 @@ class DigitsCNN(nn.Module):
     def __init__(self, width: int = 1) -> None:
         super().__init__()
         if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
+            raise ConfigError(f"width must be >= 1, got {width}")
         self.width = width
         c1, c2, hidden = 32 * width, 64 * width, 128 * width
         self.features = nn.Sequential(
@@ -68,7 +75,7 @@ def build_parity_model(f_model: nn.Module, width: int = 1) -> nn.Module:
     elif isinstance(f_model, DigitsCNN):
         parity = DigitsCNN(width=f_model.width * width)
     else:
-        raise ValueError(f"a wider parity model needs a DigitsCNN F, got {type(f_model).__name__}")
+        raise ConfigError(f"a wider parity model needs a DigitsCNN F, got {type(f_model).__name__}")
     return without_dropout(parity).train()
 
 
@@ -120,7 +127,7 @@ class DeepDigitsCNN(nn.Module):
     def __init__(self, width: int = 80, blocks: int = 12, upsample: int = 2) -> None:
         super().__init__()
         if width < 1 or blocks < 1 or upsample < 1:
-            raise ValueError(f"width, blocks and upsample must be >= 1, got {width}, {blocks}, {upsample}")
+            raise ConfigError(f"width, blocks and upsample must be >= 1, got {width}, {blocks}, {upsample}")
         self.width, self.blocks, self.upsample = width, blocks, upsample
         self.features = nn.Sequential(
             nn.Upsample(scale_factor=upsample, mode="nearest") if upsample > 1 else nn.Identity(),
@@ -145,7 +152,7 @@ class FamilyCNN(nn.Module):
     def __init__(self, query_shape: tuple[int, ...], output_size: int, width: int = 1) -> None:
         super().__init__()
         if len(query_shape) != 3 or width < 1 or output_size < 1:
-            raise ValueError(f"FamilyCNN needs [C, H, W] queries and width >= 1, got {query_shape}, width={width}")
+            raise ConfigError(f"FamilyCNN needs [C, H, W] queries and width >= 1, got {query_shape}, width={width}")
         c1, c2, hidden = 32 * width, 64 * width, 128 * width
         self.net = nn.Sequential(
             nn.Conv2d(query_shape[0], c1, kernel_size=3, padding=1),
@@ -169,7 +176,7 @@ class FamilyMLP(nn.Module):
     def __init__(self, query_shape: tuple[int, ...], output_size: int, width: int = 1, hidden: int = 256) -> None:
         super().__init__()
         if width < 1 or output_size < 1:
-            raise ValueError(f"FamilyMLP needs width >= 1 and output_size >= 1, got {width}, {output_size}")
+            raise ConfigError(f"FamilyMLP needs width >= 1 and output_size >= 1, got {width}, {output_size}")
         size = 1
         for dim in query_shape:
             size *= dim
@@ -196,7 +203,7 @@ def build_family_model(kind: str, query_shape: tuple[int, ...], output_size: int
         return FamilyCNN(query_shape, output_size, width).train()
     if kind == "mlp":
         return FamilyMLP(query_shape, output_size, width).train()
-    raise ValueError(f"unknown parity family {kind!r}; known: {list(PARITY_FAMILIES)}")
+    raise ConfigError(f"unknown parity family {kind!r}; known: {list(PARITY_FAMILIES)}")
 
 
 class BackupMLP(nn.Module):
@@ -212,3 +219,10 @@ class BackupMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``model``'s answers to ``x`` in eval mode, without gradients, in bounded-memory batches."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

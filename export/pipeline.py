@@ -1,5 +1,7 @@
-"""``parm export`` end to end: F (the default digits model, or the user's own) + queries -> a trained, exported and
-verified code, and a record of the run.
+"""The offline pipeline, one place for every job that trains a code (``parm export``, ``parm train``, ``parm eval``,
+the benchmark's repository builder): prepare F (train the built-in one, or load the user's) -> train the code ->
+degraded-mode accuracy -> export and verify -> write the model repository, with one quick-run rule
+(``TrainConfig.quick``).
 
 Writes ``onnx/*.onnx`` and ``torchscript/*.pt`` (F unless it is the user's ONNX file, the parity models, encoder and
 decoder), ``checkpoints/`` (resumable training state, named by a fingerprint of config, data and F, so a rerun with
@@ -18,38 +20,65 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from parm.backend.orchestrator import TensorSpec
+from parm.backend.orchestrator import OrchestratorSettings, TensorSpec
 
-from .coding import CodeConfig, TrainedCode, export_code, train_code
+from . import models
+from .code_training import CodeConfig, ExportedCode, TrainedCode, export_code, train_code
 from .data import DataSplits, load_digits_splits, load_queries, split_dataset
+from .degraded import DegradedAccuracy, degraded_accuracy
 from .fsource import LoadedF, load_f, torch_f
-from .models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE, DigitsCNN
-from .train import DegradedAccuracy, TrainConfig, TrainResult, degraded_accuracy, train_classifier
+from .models import DIGITS_INPUT_SPEC, DIGITS_OUTPUT_SPEC
+from .repository import CodedDeployment, write_repository
+from .train import TrainConfig, TrainResult, train_classifier
 
 logger = logging.getLogger(__name__)
 
 F_CONFIG = TrainConfig(epochs=30, batch_size=64, lr=2e-3)
 """Training of the default F (DigitsCNN on scikit-learn digits)."""
-QUICK_STEPS = 5
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 """Splits of a user's queries (digits uses the same): validation chooses checkpoints, test is only reported."""
 
 
 @dataclass(frozen=True)
+class BuiltinF:
+    """An F trained here on scikit-learn digits: a network of ``models`` (by class name and options) and its
+    training."""
+
+    architecture: str = "DigitsCNN"
+    options: tuple[tuple[str, int], ...] = (("width", 1),)
+    training: TrainConfig = F_CONFIG
+
+    def build(self) -> nn.Module:
+        return getattr(models, self.architecture)(**dict(self.options))
+
+    @property
+    def name(self) -> str:
+        """The network and its options, e.g. ``DigitsCNN(width=1)``."""
+        return f"{self.architecture}({', '.join(f'{key}={value}' for key, value in self.options)})"
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} trained on scikit-learn digits"
+
+
+@dataclass(frozen=True)
 class FSpec:
-    """Where F comes from: ``None`` source trains the default DigitsCNN on digits; else an ``.onnx`` file, a
-    TorchScript file or ``package.module:Class`` (with ``weights``). Names override what F itself says (torch F)."""
+    """Where F comes from: ``None`` source trains ``builtin`` (the default DigitsCNN) on digits; else an ``.onnx``
+    file, a TorchScript file or ``package.module:Class`` (with ``weights``). Names override what F itself says
+    (torch F)."""
 
     source: str | None = None
     weights: Path | None = None
     input_name: str | None = None
     output_name: str | None = None
+    builtin: BuiltinF = BuiltinF()
 
 
 @dataclass(frozen=True)
@@ -74,6 +103,10 @@ class ExportArtifacts:
     f: LoadedF
     trained: TrainedCode
     train_seconds: float
+    f_training: TrainResult | None = None
+    """How the built-in F trained (None for the user's F)."""
+    deployment: CodedDeployment | None = None
+    """What was written to the model repository, if one was."""
 
     @property
     def k(self) -> int:
@@ -129,12 +162,6 @@ def fingerprint(*parts: object) -> str:
     return digest.hexdigest()[:10]
 
 
-def quick_config(cfg: TrainConfig, steps: int = QUICK_STEPS) -> TrainConfig:
-    """A few steps of ``cfg`` (smoke runs): one epoch, ``steps`` optimizer steps."""
-    groups = None if cfg.groups_per_epoch is None else cfg.batch_size * steps
-    return dataclasses.replace(cfg, epochs=1, max_steps=steps, groups_per_epoch=groups)
-
-
 def load_splits(data: DataSpec, seed: int) -> DataSplits:
     """Train/val/test splits of the queries (stratified by label where there are labels), reproducible by seed."""
     if data.path is None:
@@ -142,41 +169,28 @@ def load_splits(data: DataSpec, seed: int) -> DataSplits:
     return split_dataset(load_queries(data.path, data.labels), VAL_FRACTION, TEST_FRACTION, seed)
 
 
-def train_default_f(
-    splits: DataSplits, work_dir: Path, seed: int, quick: bool = False
+def train_builtin_f(
+    builtin: BuiltinF, splits: DataSplits, checkpoints: Path, seed: int, quick: bool = False
 ) -> tuple[LoadedF, TrainResult, TrainConfig]:
-    """The default F: a DigitsCNN trained on the digits train split (checkpointed under ``work_dir``)."""
-    cfg = dataclasses.replace(F_CONFIG, seed=seed)
+    """A built-in F trained on the digits train split (checkpointed under ``checkpoints``)."""
+    cfg = dataclasses.replace(builtin.training, seed=seed)
     if quick:
-        cfg = quick_config(cfg)
-    checkpoint = work_dir / "checkpoints" / f"f-{fingerprint(cfg, splits.train.x)}.pt"
+        cfg = cfg.quick()
+    checkpoint = checkpoints / f"f-{fingerprint(builtin, cfg, splits.train.x)}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DigitsCNN()
+        model = builtin.build()
         result = train_classifier(model, splits.train, splits.val, cfg, checkpoint=checkpoint)
-    f = torch_f(
-        model,
-        TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE),
-        TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,)),
-        "DigitsCNN(width=1) trained on scikit-learn digits",
-    )
-    return f, result, cfg
+    return torch_f(model, DIGITS_INPUT_SPEC, DIGITS_OUTPUT_SPEC, builtin.description), result, cfg
 
 
-def prepare_f(spec: FSpec, splits: DataSplits, work_dir: Path, seed: int, quick: bool) -> tuple[LoadedF, dict]:
-    """F and a record of where it came from (and how it was trained, for the default F)."""
-    if spec.source is None:
-        f, result, cfg = train_default_f(splits, work_dir, seed, quick)
-        return f, {"f": f.description, "f_config": dataclasses.asdict(cfg), "f_training": _summary(result)}
-    f = load_f(spec.source, splits.train, spec.weights, spec.input_name, spec.output_name)
-    return f, {"f": f.description}
-
-
-def code_checkpoint(work_dir: Path, code: CodeConfig, f_key: str, splits: DataSplits, seed: int, quick: bool) -> Path:
+def code_checkpoint(
+    checkpoints: Path, code: CodeConfig, f_key: str, splits: DataSplits, seed: int, quick: bool
+) -> Path:
     """Where a code's training state lives: named by the code, F, the data, the seed and the training config (the
     resolved one, so a changed default recipe trains afresh instead of meeting a checkpoint of the old one)."""
     key = fingerprint(code, code.training(), f_key, splits.train.x, seed, quick)
-    return work_dir / "checkpoints" / f"{code.slug}-{key}.pt"
+    return checkpoints / f"{code.slug}-{key}.pt"
 
 
 def f_key(spec: FSpec, f: LoadedF) -> str:
@@ -187,6 +201,104 @@ def f_key(spec: FSpec, f: LoadedF) -> str:
     return fingerprint(*(p.detach().numpy() for p in f.module.state_dict().values()))
 
 
+class OfflinePipeline:
+    """The steps every offline job chains, on one F and one data set: ``f`` is prepared once (the built-in F trained,
+    or the user's loaded), then ``train`` (code -> trained networks and their degraded-mode accuracy on the test
+    split), ``export`` (ONNX and TorchScript, verified) and ``write_repository``.
+
+    Checkpoints go under ``checkpoints`` (default ``work_dir/checkpoints``), named by everything their training
+    depends on, so a rerun reloads instead of retraining. ``quick`` cuts every training to a few steps.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        f_spec: FSpec | None = None,
+        data: DataSpec | None = None,
+        seed: int = 0,
+        quick: bool = False,
+        checkpoints: Path | None = None,
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.f_spec, self.data = f_spec or FSpec(), data or DataSpec()
+        self.seed, self.quick = seed, quick
+        self.checkpoints = Path(checkpoints) if checkpoints is not None else self.work_dir / "checkpoints"
+        self.splits = load_splits(self.data, seed)
+        self.f_training: TrainResult | None = None
+        with torch_threads():
+            if self.f_spec.source is None:
+                self.f, self.f_training, cfg = train_builtin_f(
+                    self.f_spec.builtin, self.splits, self.checkpoints, seed, quick
+                )
+                self.f_record = {
+                    "f": self.f.description,
+                    "f_config": dataclasses.asdict(cfg),
+                    "f_training": _summary(self.f_training),
+                }
+            else:
+                spec = self.f_spec
+                self.f = load_f(spec.source, self.splits.train, spec.weights, spec.input_name, spec.output_name)
+                self.f_record = {"f": self.f.description}
+        self.f_key = f_key(self.f_spec, self.f)
+
+    def train(self, code: CodeConfig) -> tuple[TrainedCode, DegradedAccuracy]:
+        """Trains (or reloads) ``code`` on the training split and measures its degraded-mode accuracy on the test
+        split."""
+        f, splits = self.f, self.splits
+        with torch_threads():
+            checkpoint = code_checkpoint(self.checkpoints, code, self.f_key, splits, self.seed, self.quick)
+            trained = train_code(code, f, splits.train, splits.val, self.seed, checkpoint, quick=self.quick)
+            degraded = degraded_accuracy(
+                f.module,
+                trained.parity_side(f.module),
+                splits.test,
+                code.k,
+                trained.encoder,
+                trained.decoder,
+                seed=self.seed,
+            )
+        logger.info("%s: test accuracy %s", code.label, degraded)
+        return trained, degraded
+
+    def export(self, trained: TrainedCode, out_dir: Path) -> ExportedCode:
+        """Every network of the code (and F, unless it is the user's ONNX file) to ONNX and TorchScript under
+        ``out_dir``, each checked against torch on fresh inputs."""
+        with torch_threads():
+            return export_code(trained, self.f, Path(out_dir), self.seed)
+
+    def deployment(
+        self,
+        code: CodeConfig,
+        name: str,
+        max_batch_size: int,
+        settings: OrchestratorSettings | None = None,
+        **instances: int,
+    ) -> CodedDeployment:
+        """The coded deployment of F and ``code`` (``instances``: ``f_instances``, ``parity_instances``)."""
+        return CodedDeployment(
+            name=name,
+            inputs=(self.f.input,),
+            outputs=(self.f.output,),
+            max_batch_size=max_batch_size,
+            k=code.k,
+            code=code.code,
+            r=code.r,
+            settings=settings or OrchestratorSettings(),
+            **instances,
+        )
+
+
+@dataclass(frozen=True)
+class RepositoryTarget:
+    """Where ``run_export`` writes the model repository, and what it serves F as."""
+
+    out: Path
+    name: str
+    max_batch_size: int
+    settings: OrchestratorSettings = field(default_factory=OrchestratorSettings)
+
+
 def run_export(
     out_dir: Path,
     code: CodeConfig | None = None,
@@ -194,31 +306,24 @@ def run_export(
     data: DataSpec | None = None,
     seed: int = 0,
     quick: bool = False,
+    repository: RepositoryTarget | None = None,
 ) -> ExportArtifacts:
-    """Trains (or reloads) F's code, exports and verifies every network, reports test-split accuracy.
+    """``parm export`` (and ``parm train``, without ``repository``): trains (or reloads) F's code, reports its
+    test-split accuracy, exports and verifies every network, records the run in ``training.json``, and writes the
+    model repository.
 
     ``quick`` trains a few steps only (smoke tests): the files are complete, the accuracies meaningless. Results
     are reproducible for a seed on one machine (thread count and CPU kind can change the last bits of training).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     code = code or CodeConfig()
-    f_spec, data = f_spec or FSpec(), data or DataSpec()
-    with torch_threads():
-        threads = torch.get_num_threads()
-        splits = load_splits(data, seed)
-        started = time.perf_counter()
-        f, f_record = prepare_f(f_spec, splits, out_dir, seed, quick)
-        checkpoint = code_checkpoint(out_dir, code, f_key(f_spec, f), splits, seed, quick)
-        trained = train_code(
-            code, f, splits.train, splits.val, seed, checkpoint, quick_steps=QUICK_STEPS if quick else None
-        )
-        train_seconds = time.perf_counter() - started
-        report = degraded_accuracy(
-            f.module, trained.parity_side(f.module), splits.test, code.k, trained.encoder, trained.decoder, seed=seed
-        )
-        exported = export_code(trained, f, out_dir, seed)
-    logger.info("%s: trained in %.1f s; test accuracy %s", code.label, train_seconds, report)
+    started = time.perf_counter()
+    pipeline = OfflinePipeline(out_dir, f_spec, data, seed, quick)
+    trained, report = pipeline.train(code)
+    train_seconds = time.perf_counter() - started
+    exported = pipeline.export(trained, out_dir)
+    splits, f, data = pipeline.splits, pipeline.f, pipeline.data
+    logger.info("%s: trained in %.1f s", code.label, train_seconds)
     record = {
         "code": code.code,
         "k": code.k,
@@ -226,7 +331,7 @@ def run_export(
         "seed": seed,
         "quick": quick,
         "code_config": dataclasses.asdict(code),
-        **f_record,
+        **pipeline.f_record,
         "parity_models": [type(m).__name__ for m in trained.parity_models] or "F answers the parities",
         "data": {
             "source": str(data.path) if data.path else "sklearn.datasets.load_digits",
@@ -234,16 +339,20 @@ def run_export(
             "val": len(splits.val),
             "test": len(splits.test),
         },
-        "code_training_config": dataclasses.asdict(quick_config(code.training()) if quick else code.training()),
+        "code_training_config": dataclasses.asdict(code.training(quick)),
         "code_training": None if trained.result is None else _summary(trained.result),
         "test_accuracy": dataclasses.asdict(report),
         "train_seconds": round(train_seconds, 2),
-        "torch_threads": threads,
+        "torch_threads": _threads(),
         "torch_version": torch.__version__,
         **git_state(),
     }
     training_json = out_dir / "training.json"
     training_json.write_text(json.dumps(record, indent=2) + "\n")
+    deployment = None
+    if repository is not None:
+        deployment = pipeline.deployment(code, repository.name, repository.max_batch_size, repository.settings)
+        write_repository(repository.out, deployment, exported.onnx)
     return ExportArtifacts(
         out_dir=out_dir,
         onnx=exported.onnx,
@@ -255,12 +364,14 @@ def run_export(
         f=f,
         trained=trained,
         train_seconds=train_seconds,
+        f_training=pipeline.f_training,
+        deployment=deployment,
     )
 
 
-def train_and_export_digits(out_dir: Path, seed: int = 0, k: int = 2, quick: bool = False) -> ExportArtifacts:
-    """The default demo: F (DigitsCNN) and its ParM sum-code parity model on digits, exported and verified."""
-    return run_export(out_dir, CodeConfig("sum", k), seed=seed, quick=quick)
+def _threads() -> int:
+    with torch_threads():
+        return torch.get_num_threads()
 
 
 def _summary(result: TrainResult) -> dict[str, object]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .train import DegradedAccuracy
+from .degraded import DegradedAccuracy
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,10 @@ from parm.backend.orchestrator.contract import (
     RECONSTRUCTED_OUTPUT,
 )
 from parm.backend.orchestrator.tensors import triton_type
-from parm.errors import ConfigError
+from parm.errors import ConfigError, ExportError
 
-from .codes import ParityKind, get_code
+from .code_registry import ParityKind, get_code
+from .code_training import parity_roles
 
 BACKEND_SOURCE = Path(__file__).resolve().parents[1] / "python_backend"
 ORCHESTRATOR_PACKAGE = "parm_orchestrator"
@@ -54,8 +55,9 @@ class ModelNames:
         return self.f + PARITY_SUFFIX
 
     def parities(self, r: int) -> tuple[str, ...]:
-        """The names of r trained parity models: ``<f>_parity`` for one, ``<f>_parity_0``.. for more."""
-        return (self.parity,) if r == 1 else tuple(f"{self.parity}_{j}" for j in range(r))
+        """The names of r trained parity models: ``<f>_parity`` for one, ``<f>_parity_0``.. for more (``<f>_`` and
+        the role of their exported file, ``parity_roles``)."""
+        return tuple(f"{self.f}_{role}" for role in parity_roles(r))
 
     @property
     def encoder(self) -> str:
@@ -205,7 +207,7 @@ def write_repository(out_dir: Path, deployment: CodedDeployment, onnx_files: dic
     roles = model_roles(deployment)
     missing = set(roles.values()) - onnx_files.keys()
     if missing:
-        raise ValueError(f"write_repository needs ONNX files for {sorted(missing)}")
+        raise ExportError(f"write_repository needs ONNX files for {sorted(missing)}")
     configs = model_configs(deployment)
     parse_orchestrator_config(configs[deployment.names.coded])
     out_dir.mkdir(parents=True, exist_ok=True)

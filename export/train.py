@@ -1,5 +1,5 @@
-"""Training loops (F and backup classifiers, ParM parity models, learned codes) and the degraded-mode accuracy that
-judges every code.
+"""Training loops (F and backup classifiers, ParM parity models, learned codes); each validates a code by its
+degraded-mode accuracy (``degraded``).
 
 A parity model Fp learns Fp(encoder(X1..Xk)) ~ F(X1) + ... + F(Xk) (or a weighted sum, for r > 1) from queries and
 F's own outputs, no labels; a learned code's encoder and decoder learn end to end through the frozen F. Both are
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import logging
 import math
 import time
@@ -24,10 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .codes import Decoder, Encoder, availability
+from parm.errors import ConfigError, DataError
+
+from .code_registry import Decoder, Encoder, availability
 from .data import Dataset
+from .degraded import as_parity, check_k, degraded_accuracy, tolerated_patterns
+from .models import predict
 
 logger = logging.getLogger(__name__)
+
+QUICK_STEPS = 5
+"""Optimizer steps of a quick (smoke) run, whatever is trained: F, a code, a backup."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         if self.shift < 0 or self.rotate < 0 or not 0 <= self.scale < 1 or self.noise < 0:
-            raise ValueError(f"augmentation needs shift, rotate, noise >= 0 and 0 <= scale < 1, got {self}")
+            raise ConfigError(f"augmentation needs shift, rotate, noise >= 0 and 0 <= scale < 1, got {self}")
 
     @property
     def geometric(self) -> bool:
@@ -59,7 +65,7 @@ class Augmentation:
     def check(self, query_shape: tuple[int, ...]) -> None:
         """Refuses (before any training) to move queries that are not images [C, H, W]."""
         if self.geometric and len(query_shape) != 3:
-            raise ValueError(f"shift, rotate and scale need image queries [C, H, W], got queries {list(query_shape)}")
+            raise ConfigError(f"shift, rotate and scale need image queries [C, H, W], got queries {list(query_shape)}")
 
 
 @dataclass(frozen=True)
@@ -84,15 +90,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not (self.lr > 0 and self.weight_decay >= 0):
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+            raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
         if self.groups_per_epoch is not None and self.groups_per_epoch < 1:
-            raise ValueError(f"groups_per_epoch must be >= 1 or None, got {self.groups_per_epoch}")
+            raise ConfigError(f"groups_per_epoch must be >= 1 or None, got {self.groups_per_epoch}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+            raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
+            raise ConfigError(f"distill_weight must be >= 0, got {self.distill_weight}")
+
+    def quick(self) -> TrainConfig:
+        """This training cut to ``QUICK_STEPS`` optimizer steps in one epoch: the one rule of every smoke run (the
+        files are complete, the accuracies meaningless)."""
+        groups = None if self.groups_per_epoch is None else self.batch_size * QUICK_STEPS
+        return dataclasses.replace(self, epochs=1, max_steps=QUICK_STEPS, groups_per_epoch=groups)
 
 
 @dataclass(frozen=True)
@@ -114,110 +126,6 @@ class TrainResult:
     """Time spent training, summed over resumed runs (a checkpoint reloaded without training adds nothing)."""
 
 
-@dataclass(frozen=True)
-class ErasureAccuracy:
-    """Rebuilt answers with exactly ``erased`` members and ``lost_parities`` parities of each group missing, every
-    such pattern the code tolerates in turn."""
-
-    erased: int
-    accuracy: float | None
-    agreement_with_f: float
-    rebuilt: int
-    lost_parities: int = 0
-    gap_stderr: float | None = None
-    """Standard error, in points, of F's accuracy minus ``accuracy`` over the queries (``paired_gap_stderr``);
-    None without labels."""
-
-
-@dataclass(frozen=True)
-class DegradedAccuracy:
-    """F's accuracy with every answer available, and the accuracy of answers rebuilt by the code.
-
-    The top-level degraded numbers are for one erased member (each slot in turn) with every parity, comparable
-    across codes; ``by_erasures`` has one entry per count of erased members and lost parities the code tolerates:
-    1..r erased with every parity first, then with parities lost (r > 1). Accuracies against labels are
-    ``None`` when the data has no labels; agreement with F's argmax always exists.
-    """
-
-    f_accuracy: float | None
-    degraded_accuracy: float | None
-    degraded_agreement_with_f: float
-    erasures: int
-    by_erasures: tuple[ErasureAccuracy, ...] = ()
-
-
-class StackedParity(nn.Module):
-    """The parity side of a code as one module: parity query j goes to ``models[j]``; [r, B, *q] -> [r, B, *o].
-
-    For ParM-style codes the models are the r trained parity models; for codes whose parities F answers (learned
-    codes, Berrut) every entry is F itself.
-    """
-
-    def __init__(self, models: Sequence[nn.Module]) -> None:
-        super().__init__()
-        if not models:
-            raise ValueError("a code needs at least one parity model")
-        self.models = nn.ModuleList(models)
-
-    def forward(self, parity_queries: torch.Tensor) -> torch.Tensor:
-        return torch.stack([model(parity_queries[j]) for j, model in enumerate(self.models)])
-
-
-def as_parity(parity: nn.Module | Sequence[nn.Module], r: int) -> StackedParity:
-    """``parity`` as a ``StackedParity`` of r models: a list of r models, or one model used for every parity."""
-    if isinstance(parity, StackedParity):
-        stacked = parity
-    elif isinstance(parity, nn.Module):
-        stacked = StackedParity([parity] * r)
-    else:
-        stacked = StackedParity(list(parity))
-    if len(stacked.models) != r:
-        raise ValueError(f"the code has r={r} parities, got {len(stacked.models)} parity models")
-    return stacked
-
-
-def erasure_patterns(k: int, max_erased: int) -> list[tuple[int, ...]]:
-    """Every set of 1..max_erased slots of a k-group, smallest sets first."""
-    return [
-        pattern for count in range(1, min(max_erased, k) + 1) for pattern in itertools.combinations(range(k), count)
-    ]
-
-
-@dataclass(frozen=True)
-class LossPattern:
-    """Which answers of a group are missing: ``erased`` members (at least one) and ``lost`` parities."""
-
-    erased: tuple[int, ...]
-    lost: tuple[int, ...] = ()
-
-    def available(self, k: int, r: int) -> torch.Tensor:
-        """The decoder's ``available`` [k + r] input for this pattern."""
-        return availability(k, r, self.erased, self.lost)
-
-
-def tolerated_patterns(decoder: Decoder) -> list[LossPattern]:
-    """Every loss pattern the decoder rebuilds (``Decoder.can_rebuild``): 1..r erased members with every parity,
-    then with 1..r - 1 parities lost too; fewer missing answers first."""
-    k, r = decoder.k, decoder.r
-    patterns = []
-    for lost_count in range(r):
-        for lost in itertools.combinations(range(r), lost_count):
-            arrived = [j for j in range(r) if j not in lost]
-            patterns += [
-                LossPattern(erased, lost)
-                for erased in erasure_patterns(k, len(arrived))
-                if decoder.can_rebuild(erased, arrived)
-            ]
-    return patterns
-
-
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """``model``'s answers to ``x`` in eval mode, without gradients, in bounded-memory batches."""
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     total = cfg.epochs * steps_per_epoch
     return total if cfg.max_steps is None else min(total, cfg.max_steps)
@@ -233,7 +141,7 @@ def _optimizer(
 
 def _require_labels(data: Dataset, what: str) -> np.ndarray:
     if data.y is None:
-        raise ValueError(f"{what} needs labels, and the {what} data has none")
+        raise DataError(f"{what} needs labels, and the {what} data has none")
     return data.y
 
 
@@ -272,7 +180,7 @@ def _fit(
         if checkpoint is not None and Path(checkpoint).exists():
             saved = torch.load(checkpoint, weights_only=False)
             if saved["config"] != dataclasses.asdict(cfg):
-                raise ValueError(f"{checkpoint}: saved for config {saved['config']}, this run is {cfg}")
+                raise ConfigError(f"{checkpoint}: saved for config {saved['config']}, this run is {cfg}")
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
@@ -338,7 +246,7 @@ def _fit(
                     },
                 )
     if best_state is None:
-        raise ValueError(f"{what}: no epoch ran (epochs={cfg.epochs}, max_steps={cfg.max_steps})")
+        raise ConfigError(f"{what}: no epoch ran (epochs={cfg.epochs}, max_steps={cfg.max_steps})")
     model.load_state_dict(best_state)
     model.eval()
     seconds += time.perf_counter() - started
@@ -411,12 +319,6 @@ def train_distilled(
         return float((predict(model, val_x).argmax(dim=1) == val_labels).float().mean())
 
     return _fit(model, cfg, _minibatches(len(x), cfg.batch_size), loss_of, validate, "distilled", checkpoint)
-
-
-def _check_k(k: int, *parts: Encoder | Decoder) -> None:
-    for part in parts:
-        if part.k != k:
-            raise ValueError(f"{type(part).__name__} was built for k={part.k}, training asked for k={k}")
 
 
 def _random_groups(n: int, groups: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -505,7 +407,7 @@ def train_parity(
     most with F's own answers; that needs no labels either. F may be any module, an onnxruntime wrapper included:
     it only answers queries, without gradients (once for the training split, or per minibatch with ``cfg.augment``).
     """
-    _check_k(k, encoder, decoder)
+    check_k(k, encoder, decoder)
     stacked = as_parity(parity_model, encoder.r)
     weights = encoder.target_weights()  # [r, k]
     x = torch.from_numpy(train.x)
@@ -560,9 +462,9 @@ def train_learned_code(
     (``LoadedF.trainable_module``).
     """
     k, r = encoder.k, encoder.r
-    _check_k(k, decoder)
+    check_k(k, decoder)
     if getattr(f_model, "differentiable", True) is False:
-        raise ValueError("a learned code trains through F: F must run as torch operations, not in onnxruntime")
+        raise ConfigError("a learned code trains through F: F must run as torch operations, not in onnxruntime")
     for parameter in f_model.parameters():
         parameter.requires_grad_(False)
     f_model.eval()
@@ -590,105 +492,4 @@ def train_learned_code(
 
     return _fit(
         code, cfg, _group_batches(len(x), groups, k, cfg.batch_size), loss_of, validate, "learned code", checkpoint
-    )
-
-
-def degraded_accuracy(
-    f_model: nn.Module,
-    parity: nn.Module | Sequence[nn.Module],
-    data: Dataset,
-    k: int,
-    encoder: Encoder,
-    decoder: Decoder,
-    seed: int = 0,
-    groupings: int = 4,
-) -> DegradedAccuracy:
-    """Accuracy of answers rebuilt by the code for every loss pattern it tolerates (``tolerated_patterns``: 1..r
-    missing members, and with r > 1 the same with lost parities), one ``ErasureAccuracy`` per (erased, lost) count.
-
-    ``parity`` is the parity side: one model (used for each of the r parities: F itself for learned codes and
-    Berrut, or ParM's single parity model), a list of r parity models, or a ``StackedParity``. The queries are
-    shuffled into groups of k (the last group topped up with queries from the first); in each group every pattern of
-    erased slots is rebuilt in turn from the parity outputs and the other answers, so every query is rebuilt once
-    per pattern that erases it and per grouping; ``groupings`` random groupings are averaged.
-    """
-    _check_k(k, encoder, decoder)
-    stacked = as_parity(parity, encoder.r)
-    x = torch.from_numpy(data.x)
-    f_outputs = predict(f_model, x)
-    f_argmax = f_outputs.argmax(dim=1)
-    labels = None if data.y is None else torch.from_numpy(data.y)
-    generator = torch.Generator().manual_seed(seed)
-    n, n_groups = len(x), math.ceil(len(x) / k)
-    patterns = tolerated_patterns(decoder)
-    rebuilt: dict[tuple[int, int], list[torch.Tensor]] = {}
-    members: dict[tuple[int, int], list[torch.Tensor]] = {}
-    stacked.eval()
-    encoder.eval()
-    decoder.eval()
-    with torch.no_grad():
-        for _ in range(groupings):
-            order = torch.randperm(n, generator=generator)
-            groups = torch.cat([order, order[: n_groups * k - n]]).reshape(n_groups, k)
-            parity_queries = _batched(encoder, x[groups].transpose(0, 1), dim=1)  # [r, G, *q]
-            parity_outputs = _batched(stacked, parity_queries, dim=1)  # [r, G, *o]
-            outputs = f_outputs[groups].transpose(0, 1)  # [k, G, *o]
-            for pattern in patterns:
-                missing = parity_outputs.clone()
-                missing[list(pattern.lost)] = float("nan")  # a lost parity's answer must not be read
-                decoded = decoder(missing, outputs, pattern.available(k, encoder.r))
-                count = (len(pattern.erased), len(pattern.lost))
-                for slot in pattern.erased:
-                    real = torch.arange(n_groups) * k + slot < n  # skip the top-up copies
-                    rebuilt.setdefault(count, []).append(decoded[slot][real].argmax(dim=1))
-                    members.setdefault(count, []).append(groups[real, slot])
-    by_erasures = []
-    for count in sorted(rebuilt, key=lambda c: (c[1], c[0])):
-        predicted, index = torch.cat(rebuilt[count]), torch.cat(members[count])
-        by_erasures.append(
-            ErasureAccuracy(
-                erased=count[0],
-                lost_parities=count[1],
-                accuracy=None if labels is None else float((predicted == labels[index]).float().mean()),
-                agreement_with_f=float((predicted == f_argmax[index]).float().mean()),
-                rebuilt=len(index),
-                gap_stderr=None
-                if labels is None
-                else paired_gap_stderr(f_argmax == labels, predicted == labels[index], index),
-            )
-        )
-    single = by_erasures[0]
-    return DegradedAccuracy(
-        f_accuracy=None if labels is None else float((f_argmax == labels).float().mean()),
-        degraded_accuracy=single.accuracy,
-        degraded_agreement_with_f=single.agreement_with_f,
-        erasures=single.rebuilt,
-        by_erasures=tuple(by_erasures),
-    )
-
-
-def paired_gap_stderr(f_correct: torch.Tensor, correct: torch.Tensor, index: torch.Tensor | None = None) -> float:
-    """Standard error, in points, of a mean accuracy gap paired per query: F's correctness on each query
-    (``f_correct`` [n]) minus the share of correct answers given in F's place for it (``correct``, one entry per
-    answer, for query ``index``; default: one answer per query). A test split of a few hundred queries puts this
-    near a point: differences smaller than about twice it are noise."""
-    index = torch.arange(len(f_correct)) if index is None else index
-    n = len(f_correct)
-    hits = torch.zeros(n, dtype=torch.float64).index_add_(0, index, correct.to(torch.float64))
-    counts = torch.zeros(n, dtype=torch.float64).index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
-    seen = counts > 0
-    difference = f_correct[seen].to(torch.float64) - hits[seen] / counts[seen]
-    if int(seen.sum()) < 2:
-        return float("nan")
-    return float(100 * difference.std() / math.sqrt(int(seen.sum())))
-
-
-def _batched(module: nn.Module, stacked: torch.Tensor, dim: int, batch_size: int = 1024) -> torch.Tensor:
-    """``module`` applied to slices of ``stacked`` along its batch axis ``dim`` (bounded memory), concatenated."""
-    return torch.cat(
-        [
-            module(stacked.narrow(dim, i, min(batch_size, stacked.shape[dim] - i)))
-            for i in range(0, stacked.shape[dim], batch_size)
-        ],
-        dim=dim,
     )

@@ -33,15 +33,13 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from parm.backend.orchestrator import ParityPolicy, TensorSpec
+from parm.backend.orchestrator import ParityPolicy
 from parm.errors import ConfigError
-from parm.export.coding import CodeConfig, export_code, train_code
-from parm.export.data import load_digits_splits
-from parm.export.fsource import torch_f
-from parm.export.models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE, DeepDigitsCNN
-from parm.export.pipeline import torch_threads
+from parm.export.code_training import CodeConfig, onnx_file, parity_roles
+from parm.export.models import DIGITS_INPUT, DIGITS_INPUT_SPEC, DIGITS_OUTPUT, DIGITS_OUTPUT_SPEC, DIGITS_QUERY_SHAPE
+from parm.export.pipeline import BuiltinF, FSpec, OfflinePipeline
 from parm.export.repository import CodedDeployment, install_orchestrator, model_configs, write_repository
-from parm.export.train import TrainConfig, degraded_accuracy, train_classifier
+from parm.export.train import TrainConfig
 
 from .configs import BenchModelSpec
 
@@ -57,7 +55,6 @@ RELAY_SOURCE = Path(__file__).with_name("relay_model.py")
 MAX_BATCH_SIZE = 32
 MANIFEST = "manifest.json"
 CODE = "sum"
-QUICK_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -97,8 +94,8 @@ class BenchRepository:
 
 
 def f_train_config(spec: BenchModelSpec) -> TrainConfig:
-    cfg = TrainConfig(epochs=spec.f_epochs, batch_size=64, lr=2e-3, seed=spec.seed)
-    return dataclasses.replace(cfg, epochs=1, max_steps=QUICK_STEPS) if spec.quick else cfg
+    """F's training, with a budget cut to what a deeper F allows on a small CPU (the pipeline applies ``quick``)."""
+    return TrainConfig(epochs=spec.f_epochs, batch_size=64, lr=2e-3, seed=spec.seed)
 
 
 def parity_train_config(spec: BenchModelSpec) -> TrainConfig:
@@ -231,55 +228,40 @@ def write_relay_model(repository: Path, deployment: CodedDeployment, name: str) 
 def build_bench_repository(root: Path, spec: BenchModelSpec) -> BenchRepository:
     """Trains F (``DeepDigitsCNN``) and one ParM parity model per k, exports and verifies them, writes the repository.
 
-    Uses the export package's own pieces: ``train_classifier`` for F, ``train_code`` for the parity models,
-    ``export_code`` (export to ONNX and TorchScript, checked against torch) and the repository writer.
+    Runs the export package's offline pipeline (``OfflinePipeline``: F trained once, then for each k the code trained
+    and measured, exported and verified), with its checkpoints under ``root/training``.
     """
     root = Path(root)
-    f_input = TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE)
-    f_output = TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,))
-    architecture = f"DeepDigitsCNN(width={spec.width}, blocks={spec.blocks}, upsample={spec.upsample})"
+    builtin = BuiltinF(
+        "DeepDigitsCNN",
+        (("width", spec.width), ("blocks", spec.blocks), ("upsample", spec.upsample)),
+        f_train_config(spec),
+    )
     started = time.perf_counter()
     accuracies: dict[str, object] = {}
-    with torch_threads(), torch.random.fork_rng(devices=[]):
-        threads = torch.get_num_threads()
-        splits = load_digits_splits(spec.seed)
-        torch.manual_seed(spec.seed)
-        f_model = DeepDigitsCNN(spec.width, spec.blocks, spec.upsample)
-        logger.info("training F = %s", architecture)
-        f_result = train_classifier(f_model, splits.train, splits.val, f_train_config(spec))
-        f = torch_f(f_model, f_input, f_output, architecture + " trained on scikit-learn digits")
-        for k in spec.ks:
-            logger.info("training the ParM parity model for k=%d", k)
-            trained = train_code(
-                CodeConfig(CODE, k, train=parity_train_config(spec)),
-                f,
-                splits.train,
-                splits.val,
-                spec.seed,
-                quick_steps=QUICK_STEPS if spec.quick else None,
-            )
-            parity_side = trained.parity_side(f.module)
-            report = degraded_accuracy(
-                f.module, parity_side, splits.test, k, trained.encoder, trained.decoder, seed=spec.seed
-            )
-            export_code(trained, f, _export_dir(root, k), spec.seed)
-            accuracies[str(k)] = {
-                "f_test_accuracy": report.f_accuracy,
-                "degraded_test_accuracy": report.degraded_accuracy,
-                "degraded_agreement_with_f": report.degraded_agreement_with_f,
-                "parity_best_epoch": None if trained.result is None else trained.result.best_epoch,
-            }
-    f_ms = measure_inference_ms(_export_dir(root, spec.ks[0]) / "onnx" / "f.onnx")
+    logger.info("training F = %s", builtin.name)
+    pipeline = OfflinePipeline(root / "training", FSpec(builtin=builtin), seed=spec.seed, quick=spec.quick)
+    for k in spec.ks:
+        logger.info("training the ParM parity model for k=%d", k)
+        trained, report = pipeline.train(CodeConfig(CODE, k, train=parity_train_config(spec)))
+        pipeline.export(trained, _export_dir(root, k))
+        accuracies[str(k)] = {
+            "f_test_accuracy": report.f_accuracy,
+            "degraded_test_accuracy": report.degraded_accuracy,
+            "degraded_agreement_with_f": report.degraded_agreement_with_f,
+            "parity_best_epoch": None if trained.result is None else trained.result.best_epoch,
+        }
+    f_ms = measure_inference_ms(onnx_file(_export_dir(root, spec.ks[0]), "f"))
     manifest = {
         "spec": spec.as_json(),
         "f_name": F_NAME,
-        "f_architecture": architecture,
-        "f_parameters": sum(p.numel() for p in f_model.parameters()),
+        "f_architecture": builtin.name,
+        "f_parameters": sum(p.numel() for p in pipeline.f.module.parameters()),
         "f_inference_ms": round(f_ms, 3),
-        "f_best_epoch": f_result.best_epoch,
+        "f_best_epoch": None if pipeline.f_training is None else pipeline.f_training.best_epoch,
         "accuracy": accuracies,
         "build_seconds": round(time.perf_counter() - started, 1),
-        "torch_threads": threads,
+        "torch_threads": torch.get_num_threads(),
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     write_bench_repository(root, spec)
@@ -291,9 +273,12 @@ def _export_dir(root: Path, k: int) -> Path:
     return Path(root) / "training" / f"k{k}"
 
 
+ROLES = ("f", *parity_roles(1), "encoder", "decoder")
+"""The exported networks of a ParM code with one parity model (``export_code``'s roles)."""
+
+
 def _exports_exist(root: Path, spec: BenchModelSpec) -> bool:
-    roles = ("f", "parity", "encoder", "decoder")
-    return all((_export_dir(root, k) / "onnx" / f"{role}.onnx").is_file() for k in spec.ks for role in roles)
+    return all(onnx_file(_export_dir(root, k), role).is_file() for k in spec.ks for role in ROLES)
 
 
 def write_bench_repository(root: Path, spec: BenchModelSpec) -> Path:
@@ -302,27 +287,23 @@ def write_bench_repository(root: Path, spec: BenchModelSpec) -> Path:
     root = Path(root)
     repository = root / "repository"
     repository.mkdir(parents=True, exist_ok=True)
-    f_input = TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE)
-    f_output = TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,))
     coded, f_models = {}, {}
     for k in spec.ks:
-        onnx_dir = _export_dir(root, k) / "onnx"
+        export_dir = _export_dir(root, k)
         deployment = CodedDeployment(
             name=_names(k),
-            inputs=(f_input,),
-            outputs=(f_output,),
+            inputs=(DIGITS_INPUT_SPEC,),
+            outputs=(DIGITS_OUTPUT_SPEC,),
             max_batch_size=MAX_BATCH_SIZE,
             k=k,
             f_instances=spec.f_instances,
             parity_instances=spec.parity_instances,
         )
-        write_repository(
-            repository, deployment, {role: onnx_dir / f"{role}.onnx" for role in ("f", "parity", "encoder", "decoder")}
-        )
+        write_repository(repository, deployment, {role: onnx_file(export_dir, role) for role in ROLES})
         coded[str(k)], f_models[str(k)] = deployment.names.coded, deployment.names.f
         if k == spec.ks[0]:
             total = spec.f_instances + spec.parity_instances
-            write_f_only_model(repository, deployment, F_NAME + EQUAL_SUFFIX, total, onnx_dir / "f.onnx")
+            write_f_only_model(repository, deployment, F_NAME + EQUAL_SUFFIX, total, onnx_file(export_dir, "f"))
             coded_eager = deployment.names.coded + EAGER_SUFFIX
             eager = dataclasses.replace(deployment.settings, parity_policy=ParityPolicy.EAGER)
             write_coded_variant(repository, dataclasses.replace(deployment, settings=eager), coded_eager)

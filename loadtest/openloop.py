@@ -42,12 +42,13 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from parm.backend.orchestrator.contract import RECONSTRUCTED_OUTPUT
+from parm.errors import ConfigError
 
 
 def poisson_arrivals(rate: float, duration_s: float, seed: int) -> np.ndarray:
     """Send times (seconds from the start, increasing) of a Poisson process of ``rate`` per second over the run."""
     if rate <= 0 or duration_s <= 0:
-        raise ValueError(f"rate and duration must be > 0, got {rate}, {duration_s}")
+        raise ConfigError(f"rate and duration must be > 0, got {rate}, {duration_s}")
     rng = np.random.default_rng(seed)
     expected = rate * duration_s
     gaps = rng.exponential(1.0 / rate, size=int(expected + 10 * np.sqrt(expected) + 10))

@@ -9,6 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
+from parm.backend.orchestrator import OrchestratorError
+from parm.errors import ParmError
+
 DEFAULT_REPOSITORY = Path("model_repository")
 
 
@@ -178,12 +181,25 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand. A user's mistake (a bad option or input: unknown code, k the code does not take,
+    unreadable F or queries, an invalid setting) exits with 2 and one line naming the problem; ``-v`` shows the
+    traceback instead."""
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
+    try:
+        return _run(args)
+    except (ParmError, OrchestratorError) as error:
+        if args.verbose:
+            raise
+        print(f"parm {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from parm.server import serve_forever
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
-from parm.backend.orchestrator import OrchestratorError, OrchestratorSettings
-from parm.errors import ParmError
-from parm.export.coding import CodeConfig
+from parm.backend.orchestrator import OrchestratorSettings
+from parm.export.code_training import CodeConfig
 from parm.export.data import load_digits_splits
-from parm.export.pipeline import DataSpec, ExportArtifacts, FSpec, run_export
+from parm.export.degraded import ErasureAccuracy
+from parm.export.pipeline import DataSpec, ExportArtifacts, FSpec, RepositoryTarget, run_export
 from parm.export.report import Report
-from parm.export.repository import CodedDeployment, write_repository
-from parm.export.train import ErasureAccuracy
+from parm.export.repository import CodedDeployment
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +40,11 @@ def export_repository(
     orchestrator's default settings; ``settings`` with ``f_workers`` makes the coded model a gateway's)."""
     code = code or CodeConfig("sum", k)
     f_spec = f_spec or FSpec()
-    artifacts = run_export(work_dir, code, f_spec, data, seed=seed, quick=quick)
-    deployment = CodedDeployment(
-        name=name or (F_NAME if f_spec.source is None else _model_name(f_spec.source)),
-        inputs=artifacts.f_inputs,
-        outputs=artifacts.f_outputs,
-        max_batch_size=max_batch_size,
-        k=code.k,
-        code=code.code,
-        r=code.r,
-        settings=settings or OrchestratorSettings(),
-    )
-    write_repository(out, deployment, artifacts.onnx)
+    name = name or (F_NAME if f_spec.source is None else _model_name(f_spec.source))
+    target = RepositoryTarget(out, name, max_batch_size, settings or OrchestratorSettings())
+    artifacts = run_export(work_dir, code, f_spec, data, seed=seed, quick=quick, repository=target)
+    deployment = artifacts.deployment
+    assert deployment is not None
     accuracy = artifacts.accuracy
     print(f"F ({deployment.name}) test accuracy, all answers available: {_pct(accuracy.f_accuracy)}")
     for erased in accuracy.by_erasures:
@@ -112,54 +103,45 @@ def evaluate(
 
 
 def run_offline_command(args: argparse.Namespace) -> int:
-    """Runs ``parm export``, ``parm train`` or ``parm eval`` from parsed CLI arguments.
-
-    A bad option or input (unknown code, k the code does not take, unreadable F or queries, a learned code for an
-    ONNX-only F) exits with 2 and one line naming the problem; ``-v`` shows the traceback instead.
-    """
+    """Runs ``parm export``, ``parm train`` or ``parm eval`` from parsed CLI arguments (a user's mistake raises a
+    ``ParmError``, which ``parm.cli.main`` reports in one line)."""
     f_spec = FSpec(args.f_source, args.weights, args.input_name, args.output_name)
     data = DataSpec(args.data, args.labels)
-    try:
-        if args.command == "eval":
-            codes = [CodeConfig.parse(text) for text in args.codes] if args.codes else None
-            evaluate(
-                args.out,
-                args.work_dir,
-                codes,
-                args.repository,
-                f_spec,
-                data,
-                seed=args.seed,
-                quick=args.quick,
-                baselines=not args.no_baselines,
-            )
-        elif args.command == "train":
-            train_only(args.work_dir, _code_from_args(args), f_spec, data, seed=args.seed, quick=args.quick)
-        else:
-            export_repository(
-                args.out,
-                args.work_dir,
-                seed=args.seed,
-                quick=args.quick,
-                code=_code_from_args(args),
-                f_spec=f_spec,
-                data=data,
-                name=args.name,
-                settings=_settings_from_args(args),
-            )
-    except (ValueError, ParmError, OrchestratorError) as error:
-        if getattr(args, "verbose", False):
-            raise
-        print(f"parm {args.command}: {error}", file=sys.stderr)
-        return 2
+    if args.command == "eval":
+        codes = [CodeConfig.parse(text) for text in args.codes] if args.codes else None
+        evaluate(
+            args.out,
+            args.work_dir,
+            codes,
+            args.repository,
+            f_spec,
+            data,
+            seed=args.seed,
+            quick=args.quick,
+            baselines=not args.no_baselines,
+        )
+    elif args.command == "train":
+        train_only(args.work_dir, _code_from_args(args), f_spec, data, seed=args.seed, quick=args.quick)
+    else:
+        export_repository(
+            args.out,
+            args.work_dir,
+            seed=args.seed,
+            quick=args.quick,
+            code=_code_from_args(args),
+            f_spec=f_spec,
+            data=data,
+            name=args.name,
+            settings=_settings_from_args(args),
+        )
     return 0
 
 
 def _code_from_args(args: argparse.Namespace) -> CodeConfig:
     train = None
     if args.epochs is not None:
-        from parm.export.codes import get_code
-        from parm.export.coding import LEARNED_CONFIG, PARITY_CONFIG
+        from parm.export.code_registry import get_code
+        from parm.export.code_training import LEARNED_CONFIG, PARITY_CONFIG
 
         base = LEARNED_CONFIG if get_code(args.code).trainable else PARITY_CONFIG
         train = dataclasses.replace(base, epochs=args.epochs)

@@ -23,8 +23,8 @@ from torch import nn
 
 from parm.backend.orchestrator import OrchestratorSettings, TensorSpec
 from parm.backend.orchestrator.contract import RECONSTRUCTED_OUTPUT
-from parm.export.codes import ParityKind, get_code
-from parm.export.coding import CodeConfig, TrainedCode, build_code, export_code
+from parm.export.code_registry import ParityKind, get_code
+from parm.export.code_training import CodeConfig, TrainedCode, build_code, export_code
 from parm.export.fsource import torch_f
 from parm.export.repository import CodedDeployment, write_repository
 from parm.loadtest import faults

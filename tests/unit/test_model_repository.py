@@ -6,13 +6,12 @@ import dataclasses
 import filecmp
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from parm.backend.orchestrator import OrchestratorSettings, ParityPolicy, TensorSpec
-from parm.export.models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE
+from parm.backend.orchestrator import OrchestratorSettings, ParityPolicy
+from parm.export.models import DIGITS_INPUT, DIGITS_INPUT_SPEC, DIGITS_OUTPUT_SPEC
 from parm.export.repository import (
     BACKEND_SOURCE,
     ORCHESTRATOR_PACKAGE,
@@ -27,8 +26,8 @@ REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 DEPLOYMENT = CodedDeployment(
     name=F_NAME,
-    inputs=(TensorSpec(DIGITS_INPUT, np.dtype(np.float32), DIGITS_QUERY_SHAPE),),
-    outputs=(TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (DIGITS_CLASSES,)),),
+    inputs=(DIGITS_INPUT_SPEC,),
+    outputs=(DIGITS_OUTPUT_SPEC,),
     max_batch_size=MAX_BATCH_SIZE,
 )
 EXPECTED = model_configs(DEPLOYMENT)

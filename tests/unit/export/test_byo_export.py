@@ -11,14 +11,15 @@ import onnx
 import pytest
 import torch
 
-from parm.cli import build_parser
-from parm.export.coding import CodeConfig
+from parm.cli import main
+from parm.errors import ConfigError
+from parm.export.code_training import CodeConfig
 from parm.export.evaluate import evaluate_repository
 from parm.export.models import DigitsCNN
 from parm.export.onnx_export import export_onnx
 from parm.export.pipeline import DataSpec, FSpec
 from parm.export.repository import parse_orchestrator_config, read_config
-from parm.jobs import export_repository, run_offline_command
+from parm.jobs import export_repository
 
 
 @pytest.fixture(scope="module")
@@ -89,29 +90,15 @@ def test_learned_code_refuses_an_onnx_f_it_cannot_train_through(
     onnx_file = export_onnx(
         ErfF().eval(), (torch.rand(2, 1, 8, 8),), ["x"], ["y"], {"x": {0: "b"}, "y": {0: "b"}}, tmp_path / "erf.onnx"
     )
-    args = build_parser().parse_args(
-        [
-            "export",
-            "--f",
-            str(onnx_file),
-            "--data",
-            str(queries),
-            "--code",
-            "learned",
-            "--quick",
-            "--out",
-            str(tmp_path / "repo"),
-            "--work-dir",
-            str(tmp_path / "work"),
-        ]
-    )
-    assert run_offline_command(args) == 2
-    assert (
-        "F (ONNX file erf.onnx) cannot run as torch operations (erf.onnx: operators ['Erf']" in capsys.readouterr().err
-    )
-    args.code, args.k = "concat", 3
-    assert run_offline_command(args) == 2
+    argv = ["export", "--f", str(onnx_file), "--data", str(queries), "--code", "learned", "--quick"]
+    argv += ["--out", str(tmp_path / "repo"), "--work-dir", str(tmp_path / "work")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("parm export: ")
+    assert "F (ONNX file erf.onnx) cannot run as torch operations (erf.onnx: operators ['Erf']" in error
+    argv[argv.index("learned")] = "concat"
+    argv += ["--k", "3"]
+    assert main(argv) == 2
     assert "defined for k in [2, 4]" in capsys.readouterr().err
-    args.verbose = True
-    with pytest.raises(ValueError, match="defined for k in"):
-        run_offline_command(args)
+    with pytest.raises(ConfigError, match="defined for k in"):
+        main(["-v", *argv])

@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from parm.backend.orchestrator import contract
+from parm.errors import ConfigError
 from parm.export.berrut import berrut_basis, berrut_points
-from parm.export.codes import CodeShape, ParityKind, availability, code_names, get_code
+from parm.export.code_registry import CodeShape, ParityKind, availability, code_names, get_code
 from parm.export.concat import ConcatEncoder
+from parm.export.degraded import LossPattern, erasure_patterns, tolerated_patterns
 from parm.export.linear_codes import chebyshev_weights
 from parm.export.onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
-from parm.export.train import LossPattern, erasure_patterns, tolerated_patterns
 
 QUERY = (1, 8, 8)
 OUTPUT = (10,)
@@ -57,7 +58,7 @@ def test_linear_code_with_r_1_is_parm_sum() -> None:
     np.testing.assert_array_equal(chebyshev_weights(3, 1), np.ones((1, 3), dtype=np.float32))
     queries = torch.rand(3, 2, *QUERY)
     torch.testing.assert_close(get_code("linear").encoder(CodeShape(3))(queries), queries.sum(0, keepdim=True))
-    with pytest.raises(ValueError, match="at most r = k"):
+    with pytest.raises(ConfigError, match="at most r = k"):
         chebyshev_weights(2, 3)
 
 
@@ -70,7 +71,7 @@ def test_concat_tiles_downsampled_members_and_decodes_by_subtraction() -> None:
     halves = ConcatEncoder(2, QUERY)(queries[:2])[0]
     torch.testing.assert_close(halves[..., :4], nn.functional.avg_pool2d(queries[0], (1, 2)))
     torch.testing.assert_close(halves[..., 4:], nn.functional.avg_pool2d(queries[1], (1, 2)))
-    with pytest.raises(ValueError, match="W even"):
+    with pytest.raises(ConfigError, match="W even"):
         ConcatEncoder(2, (1, 8, 7))
     # An exact parity model of a linear F for the k=2 tiling: undo the tiling, apply F to each half, sum.
     torch.manual_seed(0)
@@ -198,7 +199,7 @@ def test_code_networks_export_and_match_torch(name: str, k: int, r: int, tmp_pat
 
 
 def test_code_config_parses_the_cli_syntax() -> None:
-    from parm.export.coding import CodeConfig
+    from parm.export.code_training import CodeConfig
 
     assert CodeConfig.parse("linear:3:2") == CodeConfig("linear", 3, 2)
     variant = CodeConfig.parse("sum:4@finit,distill,w2")
@@ -207,11 +208,11 @@ def test_code_config_parses_the_cli_syntax() -> None:
     assert "parity starts from F's weights" in variant.label
     augmented = CodeConfig.parse("sum:3@aug")
     assert augmented.training().augment == augmented.augment is not None and augmented.slug == "sum-k3-r1-aug"
-    with pytest.raises(ValueError, match="augmentation applies to parity training"):
+    with pytest.raises(ConfigError, match="augmentation applies to parity training"):
         CodeConfig.parse("berrut:2@aug")
-    with pytest.raises(ValueError, match="name:k"):
+    with pytest.raises(ConfigError, match="name:k"):
         CodeConfig.parse("sum")
-    with pytest.raises(ValueError, match="unknown code option 'x'"):
+    with pytest.raises(ConfigError, match="unknown code option 'x'"):
         CodeConfig.parse("sum:2@x")
-    with pytest.raises(ValueError, match="at most r=1"):
+    with pytest.raises(ConfigError, match="at most r=1"):
         CodeConfig.parse("sum:2:2")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from parm.backend.orchestrator import contract
-from parm.export.codes import (
+from parm.errors import ConfigError
+from parm.export.code_registry import (
     CodeShape,
     ParityKind,
     SubtractionDecoder,
@@ -81,14 +82,14 @@ def test_registry() -> None:
     assert code.encoder(shape).k == 3 and code.decoder(shape).r == 1
     assert code.parity is ParityKind.TRAINED
     with pytest.raises(
-        KeyError, match="known codes: \\['berrut', 'concat', 'learned', 'learned-conv', 'linear', 'sum'"
+        ConfigError, match="known codes: \\['berrut', 'concat', 'learned', 'learned-conv', 'linear', 'sum'"
     ):
         get_code("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_code(code)
-    with pytest.raises(ValueError, match="code 'sum' has at most r=1"):
+    with pytest.raises(ConfigError, match="code 'sum' has at most r=1"):
         code.encoder(CodeShape(3, 2))
-    with pytest.raises(ValueError, match=r"code 'concat' is defined for k in \[2, 4\], got k=3"):
+    with pytest.raises(ConfigError, match=r"code 'concat' is defined for k in \[2, 4\], got k=3"):
         get_code("concat").encoder(CodeShape(3, 1, (1, 8, 8)))
-    with pytest.raises(ValueError, match="k >= 2"):
+    with pytest.raises(ConfigError, match="k >= 2"):
         SumEncoder(1)

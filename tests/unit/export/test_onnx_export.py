@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from parm.backend.orchestrator import contract
-from parm.export.codes import SubtractionDecoder, SumEncoder, availability
+from parm.export.code_registry import SubtractionDecoder, SumEncoder, availability
 from parm.export.errors import ExportMismatchError
 from parm.export.models import DigitsCNN
 from parm.export.onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript

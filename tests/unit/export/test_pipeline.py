@@ -8,12 +8,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from parm.export.pipeline import train_and_export_digits
+from parm.export.code_training import CodeConfig
+from parm.export.pipeline import RepositoryTarget, run_export
 
 
 def test_quick_pipeline_writes_every_file(tmp_path: Path) -> None:
-    artifacts = train_and_export_digits(tmp_path / "out", seed=3, k=2, quick=True)
+    target = RepositoryTarget(tmp_path / "repo", "digits", max_batch_size=8)
+    artifacts = run_export(tmp_path / "out", CodeConfig("sum", 2), seed=3, quick=True, repository=target)
     out = tmp_path / "out"
+    assert artifacts.deployment is not None and artifacts.deployment.names.coded == "digits_coded"
+    assert sorted(p.name for p in target.out.iterdir()) == [
+        "digits",
+        "digits_coded",
+        "digits_decoder",
+        "digits_encoder",
+        "digits_parity",
+    ]
     assert sorted(p.name for p in (out / "onnx").iterdir()) == [
         "decoder.onnx",
         "encoder.onnx",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from parm.export.coding import CodeConfig
+from parm.export.code_training import CodeConfig
 from parm.export.evaluate import count_macs, evaluate_codes
 from parm.export.models import BackupMLP
 

@@ -11,20 +11,17 @@ import torch
 from torch import nn
 
 import parm.export.train as train_module
-from parm.export.codes import CodeShape, SubtractionDecoder, SumEncoder, get_code
+from parm.errors import ConfigError, DataError
+from parm.export.code_registry import CodeShape, SubtractionDecoder, SumEncoder, get_code
 from parm.export.data import Dataset, DataSplits, load_digits_splits
+from parm.export.degraded import LossPattern, degraded_accuracy, erasure_patterns, paired_gap_stderr, tolerated_patterns
 from parm.export.fsource import OnnxModule
 from parm.export.models import DigitsCNN, build_parity_model
 from parm.export.onnx_export import export_onnx
 from parm.export.train import (
     Augmentation,
-    LossPattern,
     TrainConfig,
     augment_queries,
-    degraded_accuracy,
-    erasure_patterns,
-    paired_gap_stderr,
-    tolerated_patterns,
     train_classifier,
     train_learned_code,
     train_parity,
@@ -94,11 +91,11 @@ def test_degraded_accuracy_of_an_exact_parity_model_equals_f() -> None:
 
 
 def test_config_and_k_are_checked(digits: DataSplits) -> None:
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ConfigError, match="lr must be > 0"):
         TrainConfig(epochs=1, batch_size=1, lr=0.0)
     with pytest.raises(ValueError, match="built for k=2, training asked for k=3"):
         degraded_accuracy(DigitsCNN(), DigitsCNN(), digits.val, 3, SumEncoder(2), SubtractionDecoder(3))
-    with pytest.raises(ValueError, match="needs labels"):
+    with pytest.raises(DataError, match="needs labels"):
         train_classifier(DigitsCNN(), Dataset(digits.train.x), digits.val, TrainConfig(1, 8, 1e-3))
 
 
@@ -118,7 +115,7 @@ def test_parity_model_has_f_architecture_and_fresh_weights() -> None:
     wide = build_parity_model(f, width=2)
     assert [m.p for m in wide.modules() if isinstance(m, nn.Dropout)] == [0.0]
     assert wide.width == 2 and sum(p.numel() for p in wide.parameters()) > 2 * sum(p.numel() for p in f.parameters())
-    with pytest.raises(ValueError, match="needs a DigitsCNN"):
+    with pytest.raises(ConfigError, match="needs a DigitsCNN"):
         build_parity_model(nn.Linear(2, 2), width=2)
     linear = nn.Linear(3, 2)
     assert not torch.equal(build_parity_model(linear).weight, linear.weight)
@@ -157,7 +154,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(
     # a finished checkpoint reloads the best epoch without training; another config is refused
     again = DigitsCNN()
     assert train_classifier(again, digits.train, digits.val, cfg, checkpoint=checkpoint).best_epoch == result.best_epoch
-    with pytest.raises(ValueError, match="saved for config"):
+    with pytest.raises(ConfigError, match="saved for config"):
         train_classifier(DigitsCNN(), digits.train, digits.val, TrainConfig(2, 64, 3e-3), checkpoint=checkpoint)
 
 
@@ -248,9 +245,9 @@ def test_augmentation_is_seeded_and_shifts_by_whole_pixels(digits: DataSplits) -
     assert full.shape == x.shape and not torch.allclose(full, moved)
     noisy = augment_queries(torch.zeros(3, 5), Augmentation(noise=0.1))  # noise alone works for any query
     assert noisy.shape == (3, 5) and noisy.abs().sum() > 0
-    with pytest.raises(ValueError, match="need image queries"):
+    with pytest.raises(ConfigError, match="need image queries"):
         augment_queries(torch.zeros(3, 5), shift)
-    with pytest.raises(ValueError, match="augmentation needs"):
+    with pytest.raises(ConfigError, match="augmentation needs"):
         Augmentation(scale=1.0)
 
 

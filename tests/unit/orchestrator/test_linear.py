@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from parm.backend.orchestrator import ConfigError
 from parm.backend.orchestrator.linear import decode, encode, parse_weights, solvable
-from parm.export.codes import SubtractionDecoder, SumEncoder, availability
+from parm.export.code_registry import SubtractionDecoder, SumEncoder, availability
 from parm.export.linear_codes import LinearEncoder, LinearSystemDecoder, chebyshev_weights
 
 

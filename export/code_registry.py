@@ -21,6 +21,7 @@ from torch import nn
 
 from parm.backend.orchestrator import contract
 from parm.backend.orchestrator.groups import rebuildable
+from parm.errors import ConfigError
 
 
 class Encoder(nn.Module, abc.ABC):
@@ -32,7 +33,7 @@ class Encoder(nn.Module, abc.ABC):
     def __init__(self, k: int, r: int) -> None:
         super().__init__()
         if k < 2 or r < 1:
-            raise ValueError(f"a code needs k >= 2 and r >= 1, got k={k}, r={r}")
+            raise ConfigError(f"a code needs k >= 2 and r >= 1, got k={k}, r={r}")
         self.k, self.r = k, r
 
     @abc.abstractmethod
@@ -59,7 +60,7 @@ class Decoder(nn.Module, abc.ABC):
     def __init__(self, k: int, r: int) -> None:
         super().__init__()
         if k < 2 or r < 1:
-            raise ValueError(f"a code needs k >= 2 and r >= 1, got k={k}, r={r}")
+            raise ConfigError(f"a code needs k >= 2 and r >= 1, got k={k}, r={r}")
         self.k, self.r = k, r
 
     @abc.abstractmethod
@@ -170,11 +171,11 @@ class Code:
     def check(self, k: int, r: int) -> None:
         """Raises ``ValueError`` naming the code when it is not defined for this k and r."""
         if k < 2 or r < 1:
-            raise ValueError(f"code {self.name!r}: needs k >= 2 and r >= 1, got k={k}, r={r}")
+            raise ConfigError(f"code {self.name!r}: needs k >= 2 and r >= 1, got k={k}, r={r}")
         if self.ks is not None and k not in self.ks:
-            raise ValueError(f"code {self.name!r} is defined for k in {list(self.ks)}, got k={k}")
+            raise ConfigError(f"code {self.name!r} is defined for k in {list(self.ks)}, got k={k}")
         if self.max_r is not None and r > self.max_r:
-            raise ValueError(f"code {self.name!r} has at most r={self.max_r} parities, got r={r}")
+            raise ConfigError(f"code {self.name!r} has at most r={self.max_r} parities, got r={r}")
 
     def encoder(self, shape: CodeShape) -> Encoder:
         self.check(shape.k, shape.r)
@@ -213,7 +214,7 @@ def get_code(name: str) -> Code:
     try:
         return _CODES[name]
     except KeyError:
-        raise KeyError(f"unknown code {name!r}; known codes: {sorted(_CODES)}") from None
+        raise ConfigError(f"unknown code {name!r}; known codes: {sorted(_CODES)}") from None
 
 
 def code_names() -> list[str]:

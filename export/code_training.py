@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from parm.backend.orchestrator import contract
+from parm.errors import ConfigError
 
-from .codes import Code, CodeShape, Decoder, Encoder, ParityKind, availability, get_code
+from .code_registry import Code, CodeShape, Decoder, Encoder, ParityKind, availability, get_code
 from .data import Dataset
 from .fsource import FSource, LoadedF
 from .models import PARITY_FAMILIES
@@ -70,15 +71,15 @@ class CodeConfig:
         code = get_code(self.code)
         code.check(self.k, self.r)
         if self.augment is not None and code.parity is not ParityKind.TRAINED:
-            raise ValueError(f"code {self.code!r} trains no parity model: augmentation applies to parity training")
+            raise ConfigError(f"code {self.code!r} trains no parity model: augmentation applies to parity training")
         if self.parity_arch is not None and self.parity_arch not in PARITY_FAMILIES:
-            raise ValueError(f"parity_arch must be None or one of {list(PARITY_FAMILIES)}, got {self.parity_arch!r}")
+            raise ConfigError(f"parity_arch must be None or one of {list(PARITY_FAMILIES)}, got {self.parity_arch!r}")
         if self.width < 1:
-            raise ValueError(f"width must be >= 1, got {self.width}")
+            raise ConfigError(f"width must be >= 1, got {self.width}")
         if self.distill < 0:
-            raise ValueError(f"distill must be >= 0, got {self.distill}")
+            raise ConfigError(f"distill must be >= 0, got {self.distill}")
         if self.parity_init not in PARITY_INITS:
-            raise ValueError(f"parity_init must be one of {list(PARITY_INITS)}, got {self.parity_init!r}")
+            raise ConfigError(f"parity_init must be one of {list(PARITY_INITS)}, got {self.parity_init!r}")
 
     @classmethod
     def parse(cls, text: str) -> CodeConfig:
@@ -88,7 +89,7 @@ class CodeConfig:
         spec, _, options = text.partition("@")
         parts = spec.split(":")
         if not 2 <= len(parts) <= 3 or not all(p.strip().isdigit() for p in parts[1:]):
-            raise ValueError(f"expected a code as name:k[:r][@options] (e.g. sum:3, linear:2:2), got {text!r}")
+            raise ConfigError(f"expected a code as name:k[:r][@options] (e.g. sum:3, linear:2:2), got {text!r}")
         values: dict[str, object] = {}
         for option in filter(None, (o.strip() for o in options.split(","))):
             if option == "finit":
@@ -100,7 +101,7 @@ class CodeConfig:
             elif option == "aug":
                 values["augment"] = AUGMENT
             else:
-                raise ValueError(f"{text!r}: unknown code option {option!r}; known: finit, distill, w<N>, aug")
+                raise ConfigError(f"{text!r}: unknown code option {option!r}; known: finit, distill, w<N>, aug")
         return cls(parts[0].strip(), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1, **values)
 
     @property
@@ -130,14 +131,17 @@ class CodeConfig:
         slug += ("-finit" if self.parity_init == "f" else "") + (f"-d{self.distill:g}" if self.distill else "")
         return slug + ("-aug" if self.augment is not None else "")
 
-    def training(self) -> TrainConfig:
-        """The training run: ``train`` or the default by kind, with this code's distillation and augmentation."""
+    def training(self, quick: bool = False) -> TrainConfig:
+        """The training run: ``train`` or the default by kind, with this code's distillation and augmentation
+        (cut to a few steps when ``quick``)."""
         base = self.train
         if base is None:
             base = LEARNED_CONFIG if get_code(self.code).trainable else PARITY_CONFIG
         if self.distill:
             base = dataclasses.replace(base, distill_weight=self.distill)
-        return dataclasses.replace(base, augment=self.augment) if self.augment is not None else base
+        if self.augment is not None:
+            base = dataclasses.replace(base, augment=self.augment)
+        return base.quick() if quick else base
 
 
 @dataclass
@@ -175,17 +179,14 @@ def train_code(
     val: Dataset,
     seed: int = 0,
     checkpoint: Path | None = None,
-    quick_steps: int | None = None,
+    quick: bool = False,
 ) -> TrainedCode:
-    """Trains what the code needs (see the module docstring); ``quick_steps`` caps training (smoke runs).
+    """Trains what the code needs (see the module docstring); ``quick`` cuts training to a few steps (smoke runs).
 
     Reproducible for a seed (initialisation is drawn after seeding the global RNG, which is restored afterwards).
     With ``checkpoint``, an interrupted run resumes and a finished one reloads its best epoch without retraining.
     """
-    cfg = dataclasses.replace(config.training(), seed=seed)
-    if quick_steps is not None:
-        groups = None if cfg.groups_per_epoch is None else cfg.batch_size * quick_steps
-        cfg = dataclasses.replace(cfg, epochs=1, max_steps=quick_steps, groups_per_epoch=groups)
+    cfg = dataclasses.replace(config.training(quick), seed=seed)
     code = get_code(config.code)
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -203,7 +204,7 @@ def train_code(
             )
         elif code.trainable:
             if not f.differentiable:
-                raise ValueError(
+                raise ConfigError(
                     f"{config.label}: a learned code trains through F, and F ({f.description}) cannot run as torch "
                     f"operations ({f.graph_error}); give F as a TorchScript file or a torch module, or choose a ParM "
                     "code or berrut"
@@ -220,7 +221,7 @@ def _start_from_f(model: nn.Module, f: LoadedF) -> None:
     try:
         model.load_state_dict(f.module.state_dict())
     except (RuntimeError, AttributeError) as error:
-        raise ValueError(
+        raise ConfigError(
             f"parity_init='f' needs a parity model with F's architecture at width 1 ({f.description}): {error}"
         ) from error
 
@@ -235,8 +236,15 @@ class ExportedCode:
 
 
 def parity_roles(r: int) -> list[str]:
-    """File/role names of r trained parity models: ``parity`` for ParM's one, ``parity_0``.. for r > 1."""
-    return ["parity"] if r == 1 else [f"parity_{j}" for j in range(r)]
+    """File/role names of r trained parity models: ``parity`` for ParM's one, ``parity_0``.. for r > 1 (their
+    served names are ``<F>_<role>``, ``ModelNames.parities``)."""
+    base = contract.PARITY_SUFFIX.removeprefix("_")
+    return [base] if r == 1 else [f"{base}_{j}" for j in range(r)]
+
+
+def onnx_file(out_dir: Path, role: str) -> Path:
+    """Where ``export_code`` writes the ONNX file of a role (``f``, ``encoder``, ``decoder``, a parity role)."""
+    return Path(out_dir) / "onnx" / f"{role}.onnx"
 
 
 def _export_network(
@@ -249,7 +257,7 @@ def _export_network(
     out_dir: Path,
 ) -> tuple[Path, Path]:
     """Exports one network to ONNX and TorchScript and checks both against torch on ``fresh`` inputs."""
-    onnx_path = export_onnx(module, example, names[0], names[1], dynamic_axes, out_dir / "onnx" / f"{name}.onnx")
+    onnx_path = export_onnx(module, example, names[0], names[1], dynamic_axes, onnx_file(out_dir, name))
     verify_onnx(onnx_path, module, fresh)
     ts_path = export_torchscript(module, example, out_dir / "torchscript" / f"{name}.pt")
     verify_torchscript(ts_path, module, fresh)
@@ -285,7 +293,7 @@ def export_code(trained: TrainedCode, f: LoadedF, out_dir: Path, seed: int = 0) 
     model_fresh = [(queries(1),), (queries(5),)]
     if f.source is FSource.ONNX:
         assert f.onnx_file is not None
-        target = out_dir / "onnx" / "f.onnx"
+        target = onnx_file(out_dir, "f")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(Path(f.onnx_file).read_bytes())
         verify_onnx(target, f.module, model_fresh)
