@@ -119,6 +119,20 @@ class DegradedAccuracy:
     erasures: int
     by_erasures: tuple[ErasureAccuracy, ...] = ()
 
+    def summary(self) -> str:
+        """One line for a person: F's accuracy, then each loss pattern's rebuilt accuracy and agreement with F."""
+        parts = [f"F {_percent(self.f_accuracy)}"]
+        for e in self.by_erasures:
+            lost = f", {e.lost_parities} parity lost" if e.lost_parities else ""
+            parts.append(
+                f"{e.erased} rebuilt{lost}: {_percent(e.accuracy)} (agrees with F {_percent(e.agreement_with_f)})"
+            )
+        return "; ".join(parts)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a (no labels)" if value is None else f"{100 * value:.2f}%"
+
 
 def degraded_accuracy(
     f_model: nn.Module,

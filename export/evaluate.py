@@ -28,6 +28,7 @@ from torch import nn
 from parm.backend.orchestrator.contract import CODED_SUFFIX
 from parm.backend.orchestrator.groups import rebuildable
 from parm.errors import ConfigError
+from parm.progress import Progress
 
 from .code_registry import get_code
 from .code_training import CodeConfig, TrainedCode
@@ -104,6 +105,10 @@ def extra_per_query(trained: TrainedCode, f: LoadedF) -> float:
         trained.decoder, torch.zeros(r, 1, *f.output.dims), torch.zeros(k, 1, *f.output.dims), torch.ones(k + r)
     )
     return (encoder + parity + decoder) / (k * f_macs)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _majority(labels: np.ndarray) -> int:
@@ -186,13 +191,15 @@ def evaluate_codes(
     pipeline = OfflinePipeline(work_dir, f_spec, data, seed, quick)
     f, splits, data = pipeline.f, pipeline.splits, pipeline.data
     rows: list[ReportRow] = []
-    for code in codes:
-        trained, degraded = pipeline.train(code)
-        row = ReportRow.for_code(
-            get_code(code.code).title or code.code, code.k, code.r, degraded, trained.train_seconds, code.variant
-        )
-        with torch_threads():
-            rows.append(dataclasses.replace(row, extra_per_query=extra_per_query(trained, f)))
+    with Progress("parm eval: codes", len(codes), logger, unit="code") as progress:
+        for code in codes:
+            trained, degraded = pipeline.train(code)
+            row = ReportRow.for_code(
+                get_code(code.code).title or code.code, code.k, code.r, degraded, trained.train_seconds, code.variant
+            )
+            with torch_threads():
+                rows.append(dataclasses.replace(row, extra_per_query=extra_per_query(trained, f)))
+            progress.step(code.label, rebuilt=_percent(degraded.degraded_accuracy))
     with torch_threads():
         if baselines:
             rows += baseline_rows(f, splits, seed, work_dir, quick)

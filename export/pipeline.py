@@ -258,7 +258,7 @@ class OfflinePipeline:
                 trained.decoder,
                 seed=self.seed,
             )
-        logger.info("%s: test accuracy %s", code.label, degraded)
+        logger.info("%s: test accuracy %s", code.label, degraded.summary())
         return trained, degraded
 
     def export(self, trained: TrainedCode, out_dir: Path) -> ExportedCode:

@@ -10,6 +10,7 @@ one optimizer and schedule, per-epoch progress logs, the best validation epoch k
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from parm.errors import ConfigError, DataError
+from parm.progress import Progress
 
 from .code_registry import Decoder, Encoder, availability
 from .data import Dataset
@@ -175,7 +177,8 @@ def _fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     best_state, best_epoch, best_metric, steps, history, first = None, 0, -math.inf, 0, [], 1
     seconds, started = 0.0, time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))
         torch.manual_seed(cfg.seed)  # dropout masks and any other draw of the global RNG
         if checkpoint is not None and Path(checkpoint).exists():
             saved = torch.load(checkpoint, weights_only=False)
@@ -197,6 +200,7 @@ def _fit(
                 saved["epoch"],
                 checkpoint,
             )
+        progress = stack.enter_context(Progress(f"{what} epoch", cfg.epochs, logger, unit="epoch", initial=first - 1))
         for epoch in range(first, cfg.epochs + 1):
             if steps >= total:
                 break
@@ -217,15 +221,7 @@ def _fit(
             improved = metric > best_metric
             if improved:
                 best_state, best_epoch, best_metric = copy.deepcopy(model.state_dict()), epoch, metric
-            logger.info(
-                "%s epoch %d/%d: loss %.4f, val %.4f%s",
-                what,
-                epoch,
-                cfg.epochs,
-                history[-1].loss,
-                metric,
-                " (best so far)" if improved else "",
-            )
+            progress.step("best so far" if improved else "", loss=history[-1].loss, val=metric)
             if checkpoint is not None:
                 _save_checkpoint(
                     Path(checkpoint),

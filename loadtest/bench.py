@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from parm.export.data import load_digits_splits
+from parm.progress import Progress
 from parm.server import TritonServer
 
 from . import faults
@@ -224,25 +225,26 @@ class Bench:
     async def run(self, cells: list[Cell]) -> None:
         slices = plan_slices(cells, self.config.rounds)
         remaining = Counter(id(piece.cell) for piece in slices)
-        for i, piece in enumerate(slices, 1):
-            cell = piece.cell
-            logger.info(
-                "[%d/%d] rate %g/s, %s, %s (%s), %.1f-%.1f s%s",
-                i, len(slices), cell.rate, cell.scenario.name, cell.scheme.name, cell.scheme.model,
-                piece.start_s, piece.end_s, f" ({cell.scenario.description})" if cell.scenario.events else "",
-            )  # fmt: skip
-            await self.run_slice(piece)
-            remaining[id(cell)] -= 1
-            if remaining[id(cell)] == 0:
-                stats = self.finish_cell(cell)
-                logger.info(
-                    "    %s/%s: p50 %.2f  p99 %.2f  p99.9 %.2f  max %.1f ms; %d requests, %.1f%% rebuilt, "
-                    "%d errors, %d faults%s",
-                    cell.scenario.name, cell.scheme.name, stats.p50, stats.p99, stats.p999, stats.max, stats.count,
-                    100 * stats.rebuilt_fraction, stats.errors, stats.faults,
-                    "" if stats.faults_undone else " NOT ALL UNDONE",
+        with Progress("parm bench", len(slices), logger, unit="slice") as progress:
+            for piece in slices:
+                cell = piece.cell
+                what = f"rate {cell.rate:g}/s, {cell.scenario.name}, {cell.scheme.name}"
+                logger.debug(
+                    "%s (%s), %.1f-%.1f s%s", what, cell.scheme.model, piece.start_s, piece.end_s,
+                    f" ({cell.scenario.description})" if cell.scenario.events else "",
                 )  # fmt: skip
-            await asyncio.sleep(0.2)
+                await self.run_slice(piece)
+                remaining[id(cell)] -= 1
+                progress.step(f"{what}, {piece.start_s:.1f}-{piece.end_s:.1f} s")
+                if remaining[id(cell)] == 0:
+                    stats = self.finish_cell(cell)
+                    progress.write(
+                        f"  {cell.rate:g}/s {cell.scenario.name}/{cell.scheme.name}: p50 {stats.p50:.2f}  "
+                        f"p99 {stats.p99:.2f}  p99.9 {stats.p999:.2f}  max {stats.max:.1f} ms; {stats.count} "
+                        f"requests, {100 * stats.rebuilt_fraction:.1f}% rebuilt, {stats.errors} errors, "
+                        f"{stats.faults} faults" + ("" if stats.faults_undone else " NOT ALL UNDONE")
+                    )
+                await asyncio.sleep(0.2)
         await self.profile_orchestrator(cells)
 
 
