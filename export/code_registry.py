@@ -24,6 +24,12 @@ from parm.backend.orchestrator.groups import rebuildable
 from parm.errors import ConfigError
 
 
+def check_shape(k: int, r: int, what: str = "a code") -> None:
+    """Every code needs k >= 2 members and r >= 1 parities."""
+    if k < 2 or r < 1:
+        raise ConfigError(f"{what} needs k >= 2 and r >= 1, got k={k}, r={r}")
+
+
 class Encoder(nn.Module, abc.ABC):
     """Maps k queries to r parity queries: ``queries`` [k, B, *q] -> ``parity_queries`` [r, B, *q]."""
 
@@ -32,8 +38,7 @@ class Encoder(nn.Module, abc.ABC):
 
     def __init__(self, k: int, r: int) -> None:
         super().__init__()
-        if k < 2 or r < 1:
-            raise ConfigError(f"a code needs k >= 2 and r >= 1, got k={k}, r={r}")
+        check_shape(k, r)
         self.k, self.r = k, r
 
     @abc.abstractmethod
@@ -59,8 +64,7 @@ class Decoder(nn.Module, abc.ABC):
 
     def __init__(self, k: int, r: int) -> None:
         super().__init__()
-        if k < 2 or r < 1:
-            raise ConfigError(f"a code needs k >= 2 and r >= 1, got k={k}, r={r}")
+        check_shape(k, r)
         self.k, self.r = k, r
 
     @abc.abstractmethod
@@ -169,9 +173,8 @@ class Code:
     encoder and decoder models. None for every other code."""
 
     def check(self, k: int, r: int) -> None:
-        """Raises ``ValueError`` naming the code when it is not defined for this k and r."""
-        if k < 2 or r < 1:
-            raise ConfigError(f"code {self.name!r}: needs k >= 2 and r >= 1, got k={k}, r={r}")
+        """Raises ``ConfigError`` naming the code when it is not defined for this k and r."""
+        check_shape(k, r, f"code {self.name!r}")
         if self.ks is not None and k not in self.ks:
             raise ConfigError(f"code {self.name!r} is defined for k in {list(self.ks)}, got k={k}")
         if self.max_r is not None and r > self.max_r:

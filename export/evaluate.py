@@ -125,17 +125,7 @@ def baseline_rows(f: LoadedF, splits: DataSplits, seed: int, work_dir: Path, qui
     default = _majority(train_targets)
     labels = splits.test.y
     rows = [
-        ReportRow(
-            name="default answer",
-            kind="baseline",
-            k=None,
-            r=None,
-            accuracy=None if labels is None else float(np.mean(labels == default)),
-            agreement_with_f=float(np.mean(f_test == default)),
-            extra_per_query=0.0,
-            note=f"always class {default}",
-            gap_stderr=_gap_stderr(f_test, np.full_like(f_test, default), labels),
-        )
+        _baseline_row("default answer", np.full_like(f_test, default), f_test, labels, 0.0, f"always class {default}")
     ]
     cfg = dataclasses.replace(BACKUP_CONFIG, seed=seed)
     if quick:
@@ -153,20 +143,41 @@ def baseline_rows(f: LoadedF, splits: DataSplits, seed: int, work_dir: Path, qui
     f_macs = count_macs(f.module, example) if f.source is not FSource.ONNX else 0
     backup_macs = count_macs(backup, example)
     rows.append(
-        ReportRow(
-            name="backup model",
-            kind="baseline",
-            k=None,
-            r=None,
-            accuracy=None if labels is None else float(np.mean(predicted == labels)),
-            agreement_with_f=float(np.mean(predicted == f_test)),
-            extra_per_query=backup_macs / f_macs if f_macs else None,
-            train_seconds=result.seconds,
-            note=f"MLP 1x32, {sum(p.numel() for p in backup.parameters())} parameters",
-            gap_stderr=_gap_stderr(f_test, predicted, labels),
+        _baseline_row(
+            "backup model",
+            predicted,
+            f_test,
+            labels,
+            backup_macs / f_macs if f_macs else None,
+            f"MLP 1x32, {sum(p.numel() for p in backup.parameters())} parameters",
+            result.seconds,
         )
     )
     return rows
+
+
+def _baseline_row(
+    name: str,
+    predicted: np.ndarray,
+    f_test: np.ndarray,
+    labels: np.ndarray | None,
+    extra_per_query: float | None,
+    note: str,
+    train_seconds: float | None = None,
+) -> ReportRow:
+    """A baseline answering every test query in F's place with ``predicted``."""
+    return ReportRow(
+        name=name,
+        kind="baseline",
+        k=None,
+        r=None,
+        accuracy=None if labels is None else float(np.mean(predicted == labels)),
+        agreement_with_f=float(np.mean(predicted == f_test)),
+        extra_per_query=extra_per_query,
+        train_seconds=train_seconds,
+        note=note,
+        gap_stderr=_gap_stderr(f_test, predicted, labels),
+    )
 
 
 def _gap_stderr(f_predicted: np.ndarray, predicted: np.ndarray, labels: np.ndarray | None) -> float | None:

@@ -37,7 +37,7 @@ class ReportRow:
     train_seconds: float | None = None
     note: str = ""
     gap_stderr: float | None = None
-    """Standard error of the gap to F, in points, paired per query (``train.paired_gap_stderr``)."""
+    """Standard error of the gap to F, in points, paired per query (``degraded.paired_gap_stderr``)."""
 
     @classmethod
     def for_code(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .configs import BenchConfig, BenchModelSpec, SoakConfig
+from .configs import BenchConfig, BenchModelSpec, LoadtestConfig, SoakConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,18 @@ def _shown(value: object) -> str:
 
 
 def add_options(
-    parser: argparse.ArgumentParser, spec: type, options: Sequence[tuple[str, str, str]], *, defaults: object = None
+    parser: argparse.ArgumentParser,
+    spec: type,
+    options: Sequence[tuple[str | tuple[str, ...], str, str]],
+    *,
+    defaults: object = None,
 ) -> None:
     """Adds ``(flag, field, help)`` options whose default and type are those of ``spec``'s field (a bool field: a
     switch), so a default is defined once, in the dataclass; ``defaults`` (an instance) overrides them."""
     hints = typing.get_type_hints(spec)
     values = {f.name: f for f in dataclasses.fields(spec)}
     for flag, name, text in options:
+        flags = (flag,) if isinstance(flag, str) else flag
         entry = values[name]
         if defaults is not None:
             default = getattr(defaults, name)
@@ -62,15 +67,15 @@ def add_options(
         else:
             default = entry.default_factory()  # type: ignore[misc]
         if hints[name] is bool:
-            parser.add_argument(flag, dest=name, action="store_true", default=default, help=text)
+            parser.add_argument(*flags, dest=name, action="store_true", default=default, help=text)
             continue
         parser.add_argument(
-            flag,
+            *flags,
             dest=name,
-            metavar=flag.removeprefix("--").upper(),
+            metavar=flags[-1].removeprefix("--").upper(),
             type=_READERS[hints[name]],
             default=default,
-            help=text if default is None else f"{text} (default {_shown(default)})",
+            help=text if default in (None, "") or "(default" in text else f"{text} (default {_shown(default)})",
         )
 
 
@@ -153,23 +158,28 @@ def run_bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+LOADTEST_OPTIONS = (
+    ("--host", "host", "Triton HTTP URL"),
+    ("--grpc-url", "grpc_url", "Triton gRPC host:port (default: --host's host, port 8001)"),
+    ("--model", "model", "model to call"),
+    ("--protocol", "protocol", "http, grpc or both"),
+    (("-u", "--users"), "users", "concurrent users"),
+    (("-r", "--spawn-rate"), "spawn_rate", "users started per second"),
+    (("-t", "--duration"), "duration_s", "seconds"),
+    ("--batch", "batch", "queries per request"),
+    ("--data", "data", ".npy/.npz queries (default: digits when the model takes them)"),
+    ("--wait", "wait_s", "seconds between a user's requests"),
+    ("--csv", "csv_prefix", "Locust CSV prefix"),
+)
+
+
 def add_loadtest_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     loadtest = commands.add_parser(
         "loadtest",
         help="Locust users (HTTP and gRPC) against a Triton model, headless, with a summary",
         description="Runs loadtest/locustfile.py headless. Extra Locust arguments go after `--`.",
     )
-    loadtest.add_argument("--host", default="http://127.0.0.1:8000", help="Triton HTTP URL (default :8000)")
-    loadtest.add_argument("--grpc-url", default="", help="Triton gRPC host:port (default: --host's host, port 8001)")
-    loadtest.add_argument("--model", default="digits_coded", help="model to call (default digits_coded)")
-    loadtest.add_argument("--protocol", choices=("http", "grpc", "both"), default="both")
-    loadtest.add_argument("-u", "--users", type=int, default=8, help="concurrent users (default 8)")
-    loadtest.add_argument("-r", "--spawn-rate", type=float, default=8.0, help="users started per second")
-    loadtest.add_argument("-t", "--duration", type=float, default=30.0, help="seconds (default 30)")
-    loadtest.add_argument("--batch", type=int, default=1, help="queries per request")
-    loadtest.add_argument("--data", default="", help=".npy/.npz queries (default: digits when the model takes them)")
-    loadtest.add_argument("--wait", type=float, default=0.0, help="seconds between a user's requests")
-    loadtest.add_argument("--csv", type=Path, default=Path("runs/loadtest/locust"), help="Locust CSV prefix")
+    add_options(loadtest, LoadtestConfig, LOADTEST_OPTIONS)
     loadtest.add_argument("--serve", type=Path, default=None, help="start the embedded server on this repository")
     loadtest.add_argument("--pause-model", default=None, help="with --serve: pause its instance 0 now and then")
     loadtest.add_argument("--pause-every", type=float, default=2.0, help="seconds between pauses (default 2)")
@@ -179,30 +189,18 @@ def add_loadtest_parser(commands: argparse._SubParsersAction) -> argparse.Argume
 
 
 def run_loadtest_command(args: argparse.Namespace) -> int:
-    from .locustrun import LoadtestConfig, format_summary, locust_args, run_locust
+    from .locustrun import format_summary, locust_args, run_locust
 
     with contextlib.ExitStack() as stack:
-        host, grpc_url, server_pid = args.host, args.grpc_url, None
+        server_pid, served = None, {}
         if args.serve is not None:
             from parm.server import TritonServer
 
-            server = stack.enter_context(TritonServer(args.serve, log_dir=args.csv.parent))
-            host, grpc_url, server_pid = server.http_url, server.grpc_url, server.pid
-            print(f"serving {args.serve}: HTTP {host}, gRPC {grpc_url}")
-        config = LoadtestConfig(
-            host=host,
-            grpc_url=grpc_url,
-            model=args.model,
-            protocol=args.protocol,
-            users=args.users,
-            spawn_rate=args.spawn_rate,
-            duration_s=args.duration,
-            batch=args.batch,
-            data=args.data,
-            wait_s=args.wait,
-            csv_prefix=args.csv,
-            extra_args=locust_args(args.locust_args),
-        )
+            server = stack.enter_context(TritonServer(args.serve, log_dir=args.csv_prefix.parent))
+            served = {"host": server.http_url, "grpc_url": server.grpc_url}
+            server_pid = server.pid
+            print(f"serving {args.serve}: HTTP {server.http_url}, gRPC {server.grpc_url}")
+        config = from_options(LoadtestConfig, args, extra_args=locust_args(args.locust_args), **served)
         result = run_locust(
             config,
             server_pid=server_pid,

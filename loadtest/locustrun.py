@@ -24,6 +24,7 @@ from pathlib import Path
 from parm.errors import ConfigError
 
 from . import faults
+from .configs import LoadtestConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,29 +34,6 @@ REBUILT_SUFFIX = " [rebuilt]"
 runs under Locust alone, and importing it here would monkey-patch this process with gevent)."""
 GRACE_S = 30.0
 """How long after its run time Locust may take to stop before the hard stop."""
-
-
-@dataclass(frozen=True)
-class LoadtestConfig:
-    host: str = "http://127.0.0.1:8000"
-    grpc_url: str = ""
-    model: str = "digits_coded"
-    protocol: str = "both"
-    users: int = 8
-    spawn_rate: float = 8.0
-    duration_s: float = 30.0
-    batch: int = 1
-    data: str = ""
-    wait_s: float = 0.0
-    timeout_s: float = 10.0
-    csv_prefix: Path = Path("runs/loadtest/locust")
-    extra_args: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.protocol not in ("http", "grpc", "both"):
-            raise ConfigError(f"protocol must be http, grpc or both, got {self.protocol!r}")
-        if self.users < 1 or self.duration_s <= 0 or self.spawn_rate <= 0:
-            raise ConfigError(f"users, spawn rate and duration must be positive, got {self.users}, {self.duration_s}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from parm.loadtest import faults
-from parm.loadtest.locustrun import LOCUSTFILE, REBUILT_SUFFIX, LoadtestConfig, run_locust
+from parm.loadtest.configs import LoadtestConfig
+from parm.loadtest.locustrun import LOCUSTFILE, REBUILT_SUFFIX, run_locust
 
 pytestmark = pytest.mark.integration
 

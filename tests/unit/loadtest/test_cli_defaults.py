@@ -10,7 +10,7 @@ import pytest
 from parm.cli import build_parser
 from parm.errors import ConfigError
 from parm.loadtest.cli import BENCH_OPTIONS, SOAK_OPTIONS, from_options
-from parm.loadtest.configs import BenchConfig, BenchModelSpec, SoakConfig
+from parm.loadtest.configs import BenchConfig, BenchModelSpec, LoadtestConfig, SoakConfig
 
 
 @pytest.mark.parametrize(("command", "spec"), [("bench", BenchConfig), ("soak", SoakConfig)])
@@ -45,3 +45,10 @@ def test_a_bad_value_is_refused_by_the_config():
     args = build_parser().parse_args(["bench", "--starve", "sometimes"])
     with pytest.raises(ConfigError, match="starve must be"):
         from_options(BenchConfig, args, model_spec=from_options(BenchModelSpec, args))
+
+
+def test_the_loadtest_options_are_the_configs_too():
+    args = build_parser().parse_args(["loadtest", "-u", "3", "-t", "5", "--model", "digits"])
+    config = from_options(LoadtestConfig, args)
+    assert (config.users, config.duration_s, config.model) == (3, 5.0, "digits")
+    assert dataclasses.replace(config, users=8, duration_s=30.0, model="digits_coded") == LoadtestConfig()
