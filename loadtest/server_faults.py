@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import psutil
 
 from parm.errors import FaultError
+from parm.netns import Namespace
 
 from .faults import CpuQuota, Fault
 
@@ -152,3 +153,20 @@ class PortCut(Fault):
 
     def _undo(self) -> None:
         subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True, check=False)
+
+
+class LinkCut(Fault):
+    """Takes a namespaced server's link down (``ip link set <veth> down`` on the bridge side, ``parm.netns``): every
+    packet to and from it is lost, as when a cable or a node's network goes; bringing the link up undoes it."""
+
+    kind = "link-cut"
+
+    def __init__(self, pid: int, namespace: Namespace, max_seconds: float | None = None) -> None:
+        super().__init__(pid, max_seconds)
+        self.namespace = namespace
+
+    def _apply(self) -> None:
+        self.namespace.link(up=False)
+
+    def _undo(self) -> None:
+        self.namespace.link(up=True)

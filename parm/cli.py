@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--out", type=Path, default=Path("runs/cluster"), help="repositories, logs and cluster.json")
     up.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="what parm export wrote")
     up.add_argument("--host", default="127.0.0.1", help="address every server binds (default 127.0.0.1)")
+    up.add_argument(
+        "--netns",
+        action="store_true",
+        help="each worker in a network namespace of its own on a bridge, so a link can be cut (root, iproute2)",
+    )
 
     bench = cluster_actions.add_parser(
         "bench", help="the tail benchmark on a local cluster: equal resources, hedging, the gateway relay, ParM"
@@ -242,6 +247,7 @@ def _run(args: argparse.Namespace) -> int:
             parity_workers=args.parity_workers,
             repository=args.model_repository,
             host=args.host,
+            netns=args.netns,
         )
     if args.command in ("bench", "soak", "loadtest"):
         from parm.loadtest.cli import run_bench_command, run_loadtest_command, run_soak_command

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from parm.backend.orchestrator.contract import CODED_SUFFIX, DECODER_SUFFIX, ENCODER_SUFFIX
 from parm.errors import ConfigError, ServerError
+from parm.netns import NetworkPlan
 from parm.server import TritonServer
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class LocalCluster:
         startup_timeout: float = 120.0,
         parity_serves_f: bool = False,
         add_gateway_models: Callable[[Path, Sequence[str]], None] | None = None,
+        netns: bool = False,
     ) -> None:
         if workers < 1 or parity_workers < 0:
             raise ConfigError(f"a cluster needs >= 1 F worker and >= 0 parity workers, got {workers}, {parity_workers}")
@@ -131,6 +133,9 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         self.parity_serves_f = parity_serves_f
         self._add_gateway_models = add_gateway_models
+        self.netns = netns
+        self.network: NetworkPlan | None = None
+        """With ``netns``: the bridge and each worker's namespace (``parm.netns``)."""
         self.servers: list[ClusterServer] = []
 
     # -- repositories ----------------------------------------------------------------------------------------------
@@ -170,12 +175,18 @@ class LocalCluster:
 
     def _server(self, name: str, repository: Path, ports: tuple[int | None, ...] = (None, None, None)) -> TritonServer:
         http, grpc, metrics = ports
+        host, prefix = self.host, ()
+        namespace = self.network.namespaces.get(name) if self.network is not None else None
+        if namespace is not None:  # alone in its namespace: Triton's usual ports are free there
+            host, prefix = namespace.address, namespace.command_prefix
+            http, grpc, metrics = http or 8000, grpc or 8001, metrics or 8002
         return TritonServer(
             repository,
             http_port=http,
             grpc_port=grpc,
             metrics_port=metrics,
-            host=self.host,
+            host=host,
+            command_prefix=prefix,
             log_dir=self.out / "logs" / name,
             startup_timeout=self.startup_timeout,
             extra_args=self.worker_args if name != "gateway" else (),
@@ -199,6 +210,11 @@ class LocalCluster:
             ]
         self.servers = []
         try:
+            if self.netns:
+                self.network = NetworkPlan.create()
+                for member in planned:
+                    self.network.add(member.name)
+                    member.server = self._server(member.name, member.server.model_repository)
             with ThreadPoolExecutor(max_workers=len(planned)) as pool:
                 for member, _ in zip(planned, pool.map(lambda m: m.server.start(), planned), strict=True):
                     self.servers.append(member)
@@ -215,6 +231,7 @@ class LocalCluster:
             for member in planned:
                 member.server.stop()
             self.servers = []
+            self._close_network()
             raise
         self.write_description()
         return self
@@ -223,6 +240,12 @@ class LocalCluster:
         """Stops every server it started (the gateway first, so no call is left to a stopped worker); idempotent."""
         for member in self.servers:
             member.server.stop()
+        self._close_network()
+
+    def _close_network(self) -> None:
+        if self.network is not None:
+            self.network.close()
+            self.network = None
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -278,6 +301,7 @@ def run_cluster(
     parity_workers: int,
     repository: str | os.PathLike[str],
     host: str,
+    netns: bool = False,
     stream: TextIO | None = None,
 ) -> int:
     """``parm cluster up``: starts a local cluster, prints its endpoints and stays in the foreground until SIGINT or
@@ -288,7 +312,9 @@ def run_cluster(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    cluster = LocalCluster(out, workers=workers, parity_workers=parity_workers, repository=repository, host=host)
+    cluster = LocalCluster(
+        out, workers=workers, parity_workers=parity_workers, repository=repository, host=host, netns=netns
+    )
     try:
         cluster.start()
         if stop.is_set():

@@ -347,6 +347,7 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         admin_key: str | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         repository = Path(model_repository).absolute()
         if not repository.is_dir():
@@ -364,6 +365,8 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self._env = env
         self.admin_key = admin_key if admin_key is not None else security.admin_key()
+        self.command_prefix = tuple(command_prefix)
+        """Runs the server through this (``ip netns exec NAME``: in a network namespace of its own)."""
         self.shm_prefix = f"parm{os.getpid()}s{next(_SERVER_IDS)}_"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -474,7 +477,7 @@ class TritonServer:
 
     def _launch(self, install: TritonInstallation, backend_dir: Path, env: dict[str, str]) -> None:
         assert self.log_path is not None
-        command = self.command(install, backend_dir)
+        command = [*self.command_prefix, *self.command(install, backend_dir)]
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self._process = subprocess.Popen(
             command,

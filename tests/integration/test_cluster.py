@@ -29,7 +29,8 @@ import tritonclient.grpc as grpcclient
 from parm.backend.orchestrator.contract import RECONSTRUCTED_OUTPUT
 from parm.cluster import LocalCluster
 from parm.loadtest.faults import cgroup_quota_available
-from parm.loadtest.server_faults import PortCut, ServerCpuQuota, ServerKill, ServerPause, nftables_available
+from parm.loadtest.server_faults import LinkCut, PortCut, ServerCpuQuota, ServerKill, ServerPause, nftables_available
+from parm.netns import netns_available
 
 pytestmark = pytest.mark.integration
 
@@ -389,3 +390,32 @@ def test_parm_cluster_up_serves_until_sigterm_then_stops_every_server_even_a_sto
         if process.poll() is None:
             process.kill()
         log.close()
+
+
+@pytest.mark.skipif(not netns_available(), reason="no network namespaces here (needs root and iproute2)")
+def test_an_f_worker_in_its_own_network_namespace_whose_link_is_cut_is_rebuilt_around_and_readmitted(
+    tmp_path: Path, queries: np.ndarray
+) -> None:
+    with LocalCluster(
+        tmp_path / "cluster", workers=3, parity_workers=1, repository=REPOSITORY, netns=True,
+        gateway_parameters={"hedge_below_load": "0"},
+    ) as isolated:  # fmt: skip
+        assert isolated["f1"].host.startswith("10.213."), "the workers live in namespaces of their own"
+        wait_all_up(isolated)
+        with GatewayLoad(isolated, queries) as load:
+            time.sleep(1.0)
+            namespace = isolated.network.namespaces["f1"]
+            with LinkCut(isolated["f1"].pid, namespace, max_seconds=10.0):
+                wait_for(lambda: worker_metric(isolated, "parm_worker_up", "f1") == 0.0, 3.0, "f1 ejected")
+                time.sleep(3.0)
+            time.sleep(1.0)
+        outcomes = load.results()
+        assert not [o.error for o in outcomes if o.error], "a worker cut off is rebuilt around"
+        assert [o for o in outcomes if o.rebuilt], "the calls it held were rebuilt"
+        wait_for(lambda: worker_metric(isolated, "parm_worker_up", "f1") == 1.0, 15.0, "f1 readmitted")
+        network = isolated.network
+    assert (
+        isolated.network is None
+        and network.bridge
+        not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout
+    ), "the bridge and namespaces are gone with the cluster"
