@@ -12,7 +12,7 @@ import pytest
 from parm.loadtest.clusterbench import SCHEMES, ClusterBenchConfig, run_cluster_bench
 from parm.loadtest.clustersoak import ClusterSoakConfig, run_cluster_soak
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
