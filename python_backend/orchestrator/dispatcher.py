@@ -355,28 +355,10 @@ class CodedDispatcher:
 
     async def _run_hedge(self, member: Member, worker: Worker) -> None:
         group = self._groups_of.get(member.request_id)
-        won = False
-
-        def answer_early(outputs: Tensors) -> None:
-            nonlocal won
-            won = member.answer(Answer(AnswerSource.ORIGINAL, outputs))
-
-        pool = self.f_workers
-        pool.started(worker)
-        answered_in = None
-        started = self._loop.time()
-        time_left = member.arrival + self._config.request_timeout_ms / 1000 - started
         try:
-            outputs = await worker.target().infer(
-                member.inputs, self._config.output_names, on_outputs=answer_early, timeout=time_left
-            )
-            answered_in = self._loop.time() - started
-        except TargetError as error:
-            if error.worker_fault:
-                pool.failed(worker, self._loop.time(), str(error))
-            return
-        finally:
-            pool.finished(worker, answered_in, self._loop.time())
+            outputs, won = await self._call_f(member, worker)
+        except TargetError:
+            return  # the rebuild and the first call are still racing
         if won:
             self.stats.hedges_won += 1
             self._settle(member)
@@ -437,28 +419,42 @@ class CodedDispatcher:
             return "; ".join(dict.fromkeys(reason for reason in reasons if reason))
         return None
 
-    async def _run_original(self, group: CodingGroup | None, slot: Slot, worker: Worker) -> None:
-        member = slot.member
-        assert member is not None
-        answered_early = False
+    async def _call_f(self, member: Member, worker: Worker) -> tuple[Tensors, bool]:
+        """Runs F on ``member``'s query on ``worker``, with the request's remaining time as deadline. F's answer goes
+        to the member from the thread that received it (unless it has one already); the call is accounted to the
+        worker, and a failure that says something about the worker counts against it. Returns the outputs and
+        whether they answered the member; raises ``TargetError``."""
+        answered = False
 
         def answer_early(outputs: Tensors) -> None:
-            nonlocal answered_early
-            answered_early = member.answer(Answer(AnswerSource.ORIGINAL, outputs))
+            nonlocal answered
+            answered = member.answer(Answer(AnswerSource.ORIGINAL, outputs))
 
         pool = self.f_workers
         pool.started(worker)
+        started = self._loop.time()
         answered_in = None
-        time_left = member.arrival + self._config.request_timeout_ms / 1000 - self._loop.time()
+        time_left = member.arrival + self._config.request_timeout_ms / 1000 - started
         try:
             outputs = await worker.target().infer(
-                slot.inputs, self._config.output_names, on_outputs=answer_early, timeout=time_left
+                member.inputs, self._config.output_names, on_outputs=answer_early, timeout=time_left
             )
-            answered_in = self._loop.time() - member.arrival
+            answered_in = self._loop.time() - started
         except TargetError as error:
-            self.stats.original_failures += 1
             if error.worker_fault:
                 pool.failed(worker, self._loop.time(), str(error))
+            raise
+        finally:
+            pool.finished(worker, answered_in, self._loop.time())
+        return outputs, answered
+
+    async def _run_original(self, group: CodingGroup | None, slot: Slot, worker: Worker) -> None:
+        member = slot.member
+        assert member is not None
+        try:
+            outputs, answered_early = await self._call_f(member, worker)
+        except TargetError as error:
+            self.stats.original_failures += 1
             slot.failure = str(error)
             reason = "it is not coded" if group is None else group.unrecoverable_reason()
             if reason is not None:
@@ -468,8 +464,6 @@ class CodedDispatcher:
             elif group is not None:
                 self._try_decode(group)
             return
-        finally:
-            pool.finished(worker, answered_in, self._loop.time())
         slot.outputs = outputs
         latency = self._loop.time() - member.arrival
         for estimate in (self._f_latency, self._decode_wait):
