@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidQueryError
+from .errors import ConfigError, InvalidQueryError
 
 _TRITON_TO_NUMPY = {
     "TYPE_BOOL": np.bool_,
@@ -30,7 +30,7 @@ def triton_type(dtype: np.dtype) -> str:
     for name, candidate in _TRITON_TO_NUMPY.items():
         if np.dtype(candidate) == np.dtype(dtype):
             return name
-    raise InvalidQueryError(f"datatype {dtype} has no Triton equivalent that can be coded")
+    raise ConfigError(f"datatype {dtype} has no Triton equivalent that can be coded")
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,10 @@ class TensorSpec:
         """Reads one ``input``/``output`` entry of a Triton model config (as JSON)."""
         data_type = entry["data_type"]
         if data_type not in _TRITON_TO_NUMPY:
-            raise InvalidQueryError(f"tensor '{entry['name']}': datatype {data_type} cannot be coded")
+            raise ConfigError(f"tensor '{entry['name']}': datatype {data_type} cannot be coded")
         dims = tuple(int(d) for d in entry.get("dims", []))
         if "reshape" in entry:
-            raise InvalidQueryError(f"tensor '{entry['name']}': reshape is not supported on the coded endpoint")
+            raise ConfigError(f"tensor '{entry['name']}': reshape is not supported on the coded endpoint")
         return cls(name=entry["name"], dtype=np.dtype(_TRITON_TO_NUMPY[data_type]), dims=dims)
 
     def matches(self, shape: Sequence[int]) -> bool:

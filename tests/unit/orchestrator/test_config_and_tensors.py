@@ -132,7 +132,7 @@ def test_non_finite_queries_are_detected():
 def test_triton_type_round_trip():
     assert triton_type(np.dtype(np.float32)) == "TYPE_FP32"
     assert triton_type(np.dtype(np.bool_)) == "TYPE_BOOL"
-    with pytest.raises(InvalidQueryError):
+    with pytest.raises(ConfigError, match="no Triton equivalent"):  # a model's config, not a request, is wrong
         triton_type(np.dtype(np.complex64))
 
 
@@ -169,3 +169,15 @@ def test_config_takes_inline_code_weights_instead_of_code_models():
         OrchestratorConfig.from_model_config(_model_config(inline_code="maybe"))
     with pytest.raises(ConfigError, match=r"code_weights.*cannot parse"):
         OrchestratorConfig.from_model_config(_model_config(code_weights="1,one"))
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"name": "x", "data_type": "TYPE_STRING", "dims": [2]}, "cannot be coded"),
+        ({"name": "x", "data_type": "TYPE_FP32", "dims": [4], "reshape": {"shape": [2, 2]}}, "reshape"),
+    ],
+)
+def test_a_model_config_the_endpoint_cannot_code_is_a_config_error_not_a_bad_request(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        TensorSpec.from_config(entry)
