@@ -35,6 +35,7 @@ import numpy as np
 import psutil
 
 from parm.cluster import LocalCluster, with_parameters
+from parm.loadtest.configs import ClusterBenchConfig
 from parm.loadtest.faults import Fault, cgroup_quota_available
 from parm.loadtest.openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
 from parm.loadtest.report import (
@@ -53,28 +54,6 @@ SCENARIOS = ("no-fault", "faults")
 RELAY_SOURCE = Path(__file__).with_name("grpc_relay_model.py")
 RELAY_SUFFIX = "_relay"
 NOHEDGE_SUFFIX = "_nohedge"
-
-
-@dataclass(frozen=True)
-class ClusterBenchConfig:
-    out: Path
-    repository: Path = Path("model_repository")
-    workers: int = 3
-    parity_workers: int = 1
-    rate: float = 50.0
-    duration_s: float = 20.0
-    rounds: int = 2
-    seed: int = 0
-    pause_s: tuple[float, float] = (0.5, 5.0)
-    throttle_s: tuple[float, float] = (1.0, 4.0)
-    throttle_cpus: float = 0.05
-    throttle_share: float = 0.3
-    """Share of the faults that throttle instead of stopping (none where cgroups cannot limit the CPU)."""
-    faulty_share: float = 0.1
-    """Share of the time one F worker is faulty: with equal resources over N + R servers about
-    ``faulty_share / (N + R)`` of the requests are hit (2.5% with the defaults)."""
-    warmup_s: float = 2.0
-    timeout_s: float = 10.0
 
 
 @dataclass

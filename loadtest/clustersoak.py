@@ -25,6 +25,7 @@ import tritonclient.grpc as grpcclient
 
 from parm.cluster import LocalCluster
 from parm.loadtest import prometheus
+from parm.loadtest.configs import ClusterSoakConfig
 from parm.loadtest.faults import Fault, cgroup_quota_available
 from parm.loadtest.openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
 from parm.loadtest.report import cell_stats, write_summary
@@ -38,28 +39,6 @@ from parm.loadtest.soak import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClusterSoakConfig:
-    out: Path
-    repository: Path = Path("model_repository")
-    workers: int = 3
-    parity_workers: int = 1
-    rate: float = 150.0
-    duration_s: float = 700.0
-    gap_s: tuple[float, float] = (4.0, 12.0)
-    """Quiet time between two faults."""
-    pause_max_s: float = 5.0
-    restart_after_s: float = 3.0
-    throttle_cpus: float = 0.05
-    kill_share: float = 0.2
-    throttle_share: float = 0.3
-    memory_growth_limit_mb: float = 16.0
-    timeout_s: float = 10.0
-    deadline_s: float = 1.0
-    """The coded endpoint's request_timeout_ms, in seconds: a fault explains errors this long after it ends."""
-    seed: int = 0
 
 
 @dataclass

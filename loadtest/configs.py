@@ -153,3 +153,47 @@ class LoadtestConfig:
             raise ConfigError(f"protocol must be http, grpc or both, got {self.protocol!r}")
         if self.users < 1 or self.duration_s <= 0 or self.spawn_rate <= 0:
             raise ConfigError(f"users, spawn rate and duration must be positive, got {self.users}, {self.duration_s}")
+
+
+@dataclass(frozen=True)
+class ClusterBenchConfig:
+    out: Path = Path("runs/cluster-bench")
+    repository: Path = Path("model_repository")
+    workers: int = 3
+    parity_workers: int = 1
+    rate: float = 50.0
+    duration_s: float = 20.0
+    rounds: int = 2
+    seed: int = 0
+    pause_s: tuple[float, float] = (0.5, 5.0)
+    throttle_s: tuple[float, float] = (1.0, 4.0)
+    throttle_cpus: float = 0.05
+    throttle_share: float = 0.3
+    """Share of the faults that throttle instead of stopping (none where cgroups cannot limit the CPU)."""
+    faulty_share: float = 0.1
+    """Share of the time one F worker is faulty: with equal resources over N + R servers about
+    ``faulty_share / (N + R)`` of the requests are hit (2.5% with the defaults)."""
+    warmup_s: float = 2.0
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClusterSoakConfig:
+    out: Path = Path("runs/cluster-soak")
+    repository: Path = Path("model_repository")
+    workers: int = 3
+    parity_workers: int = 1
+    rate: float = 150.0
+    duration_s: float = 700.0
+    gap_s: tuple[float, float] = (4.0, 12.0)
+    """Quiet time between two faults."""
+    pause_max_s: float = 5.0
+    restart_after_s: float = 3.0
+    throttle_cpus: float = 0.05
+    kill_share: float = 0.2
+    throttle_share: float = 0.3
+    memory_growth_limit_mb: float = 16.0
+    timeout_s: float = 10.0
+    deadline_s: float = 1.0
+    """The coded endpoint's request_timeout_ms, in seconds: a fault explains errors this long after it ends."""
+    seed: int = 0

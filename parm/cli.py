@@ -11,8 +11,29 @@ from pathlib import Path
 
 from parm.backend.orchestrator import OrchestratorError
 from parm.errors import ParmError
+from parm.loadtest.cli import add_options, from_options
+from parm.loadtest.configs import ClusterBenchConfig, ClusterSoakConfig
 
 DEFAULT_REPOSITORY = Path("model_repository")
+
+CLUSTER_OPTIONS = (
+    ("--model-repository", "repository", "what parm export wrote"),
+    ("--workers", "workers", "F workers, one server each"),
+    ("--parity-workers", "parity_workers", "parity workers, one server each"),
+    ("--rate", "rate", "offered load, requests/s"),
+    ("--seed", "seed", "seed of the arrivals, queries and faults"),
+)
+CLUSTER_BENCH_OPTIONS = (
+    ("--out", "out", "report.md, summary.json, the cluster's logs"),
+    *CLUSTER_OPTIONS,
+    ("--duration", "duration_s", "seconds per cell and round"),
+    ("--rounds", "rounds", "interleaved rounds per cell"),
+)
+CLUSTER_SOAK_OPTIONS = (
+    ("--out", "out", "soak.json, soak.md, the cluster's logs"),
+    *CLUSTER_OPTIONS,
+    ("--duration", "duration_s", "seconds of load (the default at the default rate: about 100,000 requests)"),
+)
 
 
 def _add_ports(parser: argparse.ArgumentParser) -> None:
@@ -155,21 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = cluster_actions.add_parser(
         "bench", help="the tail benchmark on a local cluster: equal resources, hedging, the gateway relay, ParM"
     )
-    bench.add_argument("--out", type=Path, default=Path("runs/cluster-bench"), help="report.md, summary.json, logs")
-    bench.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="what parm export wrote")
-    bench.add_argument("--workers", type=int, default=3, help="F workers (default 3)")
-    bench.add_argument("--parity-workers", type=int, default=1, help="parity workers (default 1)")
-    bench.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
-    bench.add_argument("--duration", type=float, default=20.0, help="seconds per cell and round (default 20)")
-    bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
-
+    add_options(bench, ClusterBenchConfig, CLUSTER_BENCH_OPTIONS)
     soak = cluster_actions.add_parser(
         "soak", help="a long load on a local cluster under random whole-server stalls, kills and throttling"
     )
-    soak.add_argument("--out", type=Path, default=Path("runs/cluster-soak"), help="soak.json, soak.md, logs")
-    soak.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="what parm export wrote")
-    soak.add_argument("--rate", type=float, default=150.0, help="requests per second (default 150)")
-    soak.add_argument("--duration", type=float, default=700.0, help="seconds of load (default 700: 100,000 requests)")
+    add_options(soak, ClusterSoakConfig, CLUSTER_SOAK_OPTIONS)
 
     from parm.loadtest.cli import add_bench_parser, add_loadtest_parser, add_soak_parser
 
@@ -216,27 +227,16 @@ def _run(args: argparse.Namespace) -> int:
             host=args.host,
         )
     if args.command == "cluster" and args.action == "bench":
-        from parm.loadtest.clusterbench import ClusterBenchConfig, run_cluster_bench
+        from parm.loadtest.clusterbench import run_cluster_bench
 
-        config = ClusterBenchConfig(
-            out=args.out,
-            repository=args.model_repository,
-            workers=args.workers,
-            parity_workers=args.parity_workers,
-            rate=args.rate,
-            duration_s=args.duration,
-            rounds=args.rounds,
-        )
-        print(run_cluster_bench(config).read_text())
+        print(run_cluster_bench(from_options(ClusterBenchConfig, args)).read_text())
         return 0
     if args.command == "cluster" and args.action == "soak":
-        from parm.loadtest.clustersoak import ClusterSoakConfig, run_cluster_soak
+        from parm.loadtest.clustersoak import run_cluster_soak
 
-        soak_config = ClusterSoakConfig(
-            out=args.out, repository=args.model_repository, rate=args.rate, duration_s=args.duration
-        )
-        summary = run_cluster_soak(soak_config)
-        print((args.out / "soak.md").read_text())
+        config = from_options(ClusterSoakConfig, args)
+        summary = run_cluster_soak(config)
+        print((config.out / "soak.md").read_text())
         return 0 if summary["passed"] else 1
     if args.command == "cluster":
         from parm.cluster import run_cluster
