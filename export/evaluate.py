@@ -218,16 +218,7 @@ def evaluate_codes(
         if splits.test.y is not None:
             f_pred = predict(f.module, torch.from_numpy(splits.test.x)).argmax(dim=1).numpy()
             f_accuracy = float(np.mean(f_pred == splits.test.y))
-    return Report(
-        f_description=f.description,
-        data_description=str(data.path) if data.path else "scikit-learn digits",
-        split="test",
-        queries=len(splits.test),
-        seed=seed,
-        f_accuracy=f_accuracy,
-        rows=tuple(rows),
-        wall_seconds=time.perf_counter() - started,
-    )
+    return _test_report(f.description, data, splits, seed, f_accuracy, rows, started)
 
 
 class _OnnxCode(OnnxCallable):
@@ -276,6 +267,11 @@ def evaluate_repository(repository: Path, data: DataSpec | None = None, seed: in
                 "F answers the parities" if parity_names == [f_name] * r else f"parity models {', '.join(parity_names)}"
             )
             rows.append(ReportRow.for_code(coded_dir.name, k, r, degraded, None, who))
+    return _test_report(f_description, data, splits, seed, f_accuracy, rows, started)
+
+
+def _test_report(f_description, data, splits, seed, f_accuracy, rows, started) -> Report:
+    """The report of rows measured on the test split of ``data``, ``started`` (``perf_counter``) ago."""
     return Report(
         f_description=f_description,
         data_description=str(data.path) if data.path else "scikit-learn digits",
