@@ -92,6 +92,8 @@ class CodedDispatcher:
         """Groups with a stuck or failed member waiting for a parity slot (``max_parity_in_flight``), oldest first."""
         self._budget = ParityBudget(config.parity_budget, config.parity_burst, loop.time())
         self._budget_retries: set[CodingGroup] = set()
+        self._due_checks: set[CodingGroup] = set()
+        """Groups with a parity check scheduled for when their first unanswered member turns late."""
         """Groups withheld for want of a budget token, with a check scheduled for when the budget will have one."""
         self._f_latency = LatencyQuantile(config.fill_timeout_quantile) if config.fill_timeout_quantile > 0 else None
         self._decode_wait = LatencyQuantile(config.decode_after_quantile) if config.decode_after_quantile > 0 else None
@@ -242,12 +244,27 @@ class CodedDispatcher:
         if any(slot.failure is not None for slot in group.slots):
             self._send_parity(group, ParityReason.FAILURE)
             return
-        now = self._loop.time()
-        due = min(member.arrival + member.decode_after for member in unanswered)
-        if due <= now or any(member.straggler for member in unanswered):
+        if any(member.straggler for member in unanswered):
             self._parity_if_still_needed(group)
         else:
-            self._loop.call_later(due - now, self._parity_if_still_needed, group)
+            self._check_when_due(group, unanswered)
+
+    def _check_when_due(self, group: CodingGroup, unanswered: list[Member]) -> None:
+        """Checks the group's parity again when its first unanswered member turns late (at once if one is): one
+        check per group at a time, however often it is asked for."""
+        if group in self._due_checks:
+            return
+        now = self._loop.time()
+        due = min(member.arrival + member.decode_after for member in unanswered)
+        if due <= now:
+            self._parity_if_still_needed(group)
+            return
+        self._due_checks.add(group)
+        self._loop.call_later(due - now, self._due_check, group)
+
+    def _due_check(self, group: CodingGroup) -> None:
+        self._due_checks.discard(group)
+        self._parity_if_still_needed(group)
 
     def _parity_if_still_needed(self, group: CodingGroup) -> None:
         """A deferred parity's due time, or a member of the group overtaken or answered since: sent if an unanswered
@@ -265,6 +282,7 @@ class CodedDispatcher:
             self._send_parity(group, ParityReason.STRAGGLER)
             return
         if not any(member.late(now) for member in unanswered):
+            self._check_when_due(group, unanswered)  # members arrive apart: the next one's due time
             return
         # Else the parity could not rebuild them until F answers some; a member's answer tries again.
         if len(unanswered) <= group.r and self._parity_in_flight < self._config.max_parity_in_flight:
