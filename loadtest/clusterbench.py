@@ -35,6 +35,7 @@ import numpy as np
 import psutil
 
 from parm.cluster import LocalCluster, with_parameters
+from parm.loadtest.accounting import cpu_snapshot
 from parm.loadtest.configs import ClusterBenchConfig
 from parm.loadtest.faults import Fault, cgroup_quota_available
 from parm.loadtest.openloop import OpenLoopClient, RunResult, poisson_arrivals, run_open_loop
@@ -116,20 +117,13 @@ def fault_schedule(
 
 
 def _cluster_cpu_s(cluster: LocalCluster) -> float:
-    total = 0.0
-    for member in cluster.servers:
-        try:
-            processes = [psutil.Process(member.server.pid)]
-            processes += processes[0].children(recursive=True)
-        except psutil.Error:
-            continue
-        for process in processes:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                continue
-    return total
+    """CPU seconds used so far by every server of the cluster and its model instances (``cpu_snapshot`` each)."""
+    return sum(
+        seconds
+        for member in cluster.servers
+        for key, seconds in cpu_snapshot(member.server.pid).items()
+        if key == "tritonserver" or key.startswith("model ")
+    )
 
 
 class ClusterBench:

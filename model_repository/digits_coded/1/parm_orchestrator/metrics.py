@@ -275,6 +275,7 @@ class _WorkerMetrics:
             if value > self._last.get(source.value, 0.0):
                 counter.increment(value - self._last.get(source.value, 0.0))
                 self._last[source.value] = value
-        latencies, worker.latencies = worker.latencies or [], [] if worker.latencies is not None else None
-        for seconds in latencies:
-            self._latency.observe(seconds)
+        if worker.latencies:
+            latencies, worker.latencies = worker.latencies, []
+            for seconds in latencies:
+                self._latency.observe(seconds)

@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import OrchestratorConfig, check_worker_address
+from .errors import OrchestratorError
 from .groups import AnswerSource, Tensors
 
 logger = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ class WorkerPool:
         """The workers are now these ``host:port`` addresses: new ones join, vanished ones retire (they finish
         what they hold, then go)."""
         if self._factory is None:
-            raise RuntimeError("this pool has no worker factory")
+            raise OrchestratorError("this pool has no worker factory")
         known = {w.name: w for w in self.workers}
         for address in addresses:
             worker = known.get(address)
