@@ -148,6 +148,15 @@ class CodeShape:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What a code's ``select`` chose on validation: its networks, and the chosen parameters in words (reported)."""
+
+    encoder: Encoder
+    decoder: Decoder
+    chosen: str
+
+
+@dataclass(frozen=True)
 class Code:
     """A registered code: how to build its encoder and decoder, what answers its parities, which k and r it takes.
 
@@ -171,6 +180,10 @@ class Code:
     """(k, r) -> the [r, k] weights when the encoder is exactly that weighted sum of the queries and the decoder its
     linear solve: the orchestrator can then encode and decode in process (``code_weights``) without calling the
     encoder and decoder models. None for every other code."""
+    select: Callable[[CodeShape, nn.Module, np.ndarray, int], Selection] | None = None
+    """Training-free codes with free parameters (LeTCC's smoothing): (shape, F, validation queries [N, *q], seed)
+    -> the encoder and decoder whose parameters rebuilt F's answers best on validation. None: nothing to choose
+    (``make_encoder``/``make_decoder`` build the code)."""
 
     def check(self, k: int, r: int) -> None:
         """Raises ``ConfigError`` naming the code when it is not defined for this k and r."""

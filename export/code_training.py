@@ -155,6 +155,8 @@ class TrainedCode:
     """The trained parity models (ParM codes); empty when F answers the parities."""
     result: TrainResult | None = None
     train_seconds: float = 0.0
+    chosen: str = ""
+    """Parameters a training-free code chose on validation (``Code.select``), in words; '' when none."""
 
     @property
     def code(self) -> Code:
@@ -210,6 +212,10 @@ def train_code(
                     "code or berrut"
                 )
             trained.result = train_learned_code(encoder, decoder, f.trainable_module, train, val, cfg, checkpoint)
+        elif code.select is not None:
+            shape = CodeShape(config.k, config.r, tuple(f.input.dims), tuple(f.output.dims))
+            selection = code.select(shape, f.module, val.x, seed)
+            trained.encoder, trained.decoder, trained.chosen = selection.encoder, selection.decoder, selection.chosen
     # a reloaded checkpoint reports the training time it took when it was trained
     trained.train_seconds = trained.result.seconds if trained.result is not None else time.perf_counter() - started
     logger.info("%s: trained in %.1f s", config.label, trained.train_seconds)

@@ -206,7 +206,12 @@ def evaluate_codes(
         for code in codes:
             trained, degraded = pipeline.train(code)
             row = ReportRow.for_code(
-                get_code(code.code).title or code.code, code.k, code.r, degraded, trained.train_seconds, code.variant
+                get_code(code.code).title or code.code,
+                code.k,
+                code.r,
+                degraded,
+                trained.train_seconds,
+                "; ".join(filter(None, (code.variant, trained.chosen))),
             )
             with torch_threads():
                 rows.append(dataclasses.replace(row, extra_per_query=extra_per_query(trained, f)))
