@@ -1,4 +1,5 @@
-"""Query data for training and evaluating codes: the built-in digits set and loaders for users' own queries.
+"""Query data for training and evaluating codes: the built-in digits set, named data sets (``datasets``) and loaders
+for users' own queries.
 
 ParM trains a parity model from query samples and F's own outputs alone, so every loader returns queries ``x`` and,
 where the source has them, labels ``y`` (used only to measure accuracy). Images are returned as float32
@@ -18,6 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from parm.errors import ConfigError
 
+from .datasets import DATASETS, IDX_IMAGES, IDX_LABELS, resolve_named
 from .errors import DataFormatError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm"})
@@ -180,19 +182,43 @@ def _is_idx(path: Path) -> bool:
     return len(magic) == 4 and magic[0] == 0 and magic[1] == 0 and magic[2] in _IDX_DTYPES
 
 
-def load_queries(path: Path, labels: Path | None = None) -> Dataset:
-    """Load queries from a folder of class subfolders, a ``.npy``/``.npz`` file, or IDX files (``labels``: IDX only)."""
+def idx_folder_files(folder: Path) -> tuple[Path, Path] | None:
+    """A data set folder's IDX images and labels (``images-idx3-ubyte``, ``labels-idx1-ubyte``, each plain or
+    gzipped), or None when it holds neither; one without the other is refused rather than read as an image folder."""
+    images, labels = _idx_file(folder, IDX_IMAGES), _idx_file(folder, IDX_LABELS)
+    if images is None and labels is None:
+        return None
+    if images is None or labels is None:
+        present, missing = (labels, IDX_IMAGES) if images is None else (images, IDX_LABELS)
+        raise DataFormatError(f"{folder}: holds {present.name} but no {missing} (plain or .gz)")
+    return images, labels
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    return next((path for path in (folder / name, folder / f"{name}.gz") if path.is_file()), None)
+
+
+def load_queries(path: Path | str, labels: Path | None = None) -> Dataset:
+    """Load queries from a named data set (``datasets.DATASETS``, fetched into a cache the first time), a folder with
+    IDX images and labels, a folder of class subfolders, a ``.npy``/``.npz`` file, or IDX files (``labels``: IDX
+    files only). An existing file or folder wins over a data set of the same name."""
     path = Path(path)
-    if not path.exists():
-        raise DataFormatError(f"{path}: no such file or folder")
-    if labels is not None and (path.is_dir() or path.suffix in {".npy", ".npz"}):
+    named = not path.exists() and str(path) in DATASETS
+    if not path.exists() and not named:
+        known = ", ".join(sorted(DATASETS))
+        raise DataFormatError(f"{path}: no such file or folder, nor a named data set (known: {known})")
+    if labels is not None and (named or path.is_dir() or path.suffix in {".npy", ".npz"}):
         raise DataFormatError(f"{path}: a separate labels file is only read for IDX images")
+    if named:
+        return load_idx(*resolve_named(str(path)))
     if path.is_dir():
-        return load_image_folder(path)
+        files = idx_folder_files(path)
+        return load_idx(*files) if files else load_image_folder(path)
     if path.suffix == ".npy" or (path.suffix == ".npz" and zipfile.is_zipfile(path)):
         return load_numpy(path)
     if _is_idx(path):
         return load_idx(path, labels)
     raise DataFormatError(
-        f"{path}: unknown query format; expected a folder of class subfolders, a .npy/.npz file or an IDX file"
+        f"{path}: unknown query format; expected a folder of IDX files or of class subfolders, a .npy/.npz file or an "
+        "IDX file"
     )

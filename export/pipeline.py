@@ -83,7 +83,9 @@ class FSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the queries come from: ``None`` is scikit-learn digits; else .npy/.npz, an image folder or IDX."""
+    """Where the queries come from: ``None`` is scikit-learn digits; else a named data set (``datasets.DATASETS``, by
+    name, e.g. ``Path("fashion-mnist")``), .npy/.npz, a folder of IDX images and labels, an image folder or IDX
+    (see ``load_queries``)."""
 
     path: Path | None = None
     labels: Path | None = None
