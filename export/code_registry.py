@@ -203,7 +203,7 @@ class Code:
 
 
 _CODES: dict[str, Code] = {}
-_BUILTIN_MODULES = ("concat", "linear_codes", "berrut", "learned")
+_BUILTIN_MODULES = ("concat", "linear_codes", "berrut", "letcc", "learned")
 """Modules under ``parm.export`` that register the built-in codes besides ``sum`` (imported on first lookup, since
 they import this module for the base classes)."""
 _builtins_loaded = False
