@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -48,6 +49,13 @@ class Encoder(nn.Module, abc.ABC):
         """[r, k]: parity model j is trained to answer ``sum_i W[j, i] F(X_i)``. Only codes with trained parity
         models (``ParityKind.TRAINED``) define it."""
         raise NotImplementedError(f"{type(self).__name__} has no trained parity models")
+
+    def parity_targets(self, members: torch.Tensor) -> torch.Tensor:
+        """What the trained parity models answer for F's answers to the members ``members`` [k, b, *o]: [r, b, *p].
+        ParM's codes: the weighted sums of ``target_weights`` (p = o); a code whose parity model answers in
+        another shape (the collage's k heads) overrides it."""
+        weights = self.target_weights()
+        return (weights @ members.flatten(1)).reshape(self.r, *members.shape[1:])
 
 
 class Decoder(nn.Module, abc.ABC):
@@ -145,6 +153,20 @@ class CodeShape:
     r: int = 1
     query_shape: tuple[int, ...] = ()
     output_shape: tuple[int, ...] = ()
+    image_shape: tuple[int, ...] | None = None
+    """[C, H, W] when the queries are images given flat (an MLP F on 784 pixels): image codes tile them as such."""
+
+    @property
+    def image(self) -> tuple[int, ...]:
+        """The queries as images [C, H, W]: ``image_shape``, or ``query_shape`` itself; a clear error otherwise."""
+        image = self.image_shape or self.query_shape
+        if len(image) != 3 or math.prod(image) != math.prod(self.query_shape):
+            raise ConfigError(
+                f"this code needs image queries [C, H, W]; queries are {list(self.query_shape)}"
+                + (f" and image shape {list(self.image_shape)} does not hold them" if self.image_shape else "")
+                + " (give a flat F's image shape with --image-shape C,H,W)"
+            )
+        return tuple(image)
 
 
 @dataclass(frozen=True)
@@ -180,6 +202,9 @@ class Code:
     """(k, r) -> the [r, k] weights when the encoder is exactly that weighted sum of the queries and the decoder its
     linear solve: the orchestrator can then encode and decode in process (``code_weights``) without calling the
     encoder and decoder models. None for every other code."""
+    parity_output: Callable[[CodeShape], tuple[int, ...]] | None = None
+    """The shape of one trained parity model's answer when it is not F's (the collage's k heads: [k, *o]);
+    None: F's output shape."""
     select: Callable[[CodeShape, nn.Module, np.ndarray, int], Selection] | None = None
     """Training-free codes with free parameters (LeTCC's smoothing): (shape, F, validation queries [N, *q], seed)
     -> the encoder and decoder whose parameters rebuilt F's answers best on validation. None: nothing to choose
@@ -193,6 +218,10 @@ class Code:
         if self.max_r is not None and r > self.max_r:
             raise ConfigError(f"code {self.name!r} has at most r={self.max_r} parities, got r={r}")
 
+    def parity_output_shape(self, shape: CodeShape) -> tuple[int, ...]:
+        """One parity answer's shape, without the batch axis."""
+        return tuple(self.parity_output(shape)) if self.parity_output is not None else tuple(shape.output_shape)
+
     def encoder(self, shape: CodeShape) -> Encoder:
         self.check(shape.k, shape.r)
         return self.make_encoder(shape)
@@ -203,7 +232,7 @@ class Code:
 
 
 _CODES: dict[str, Code] = {}
-_BUILTIN_MODULES = ("concat", "linear_codes", "berrut", "letcc", "learned")
+_BUILTIN_MODULES = ("concat", "collage", "linear_codes", "berrut", "letcc", "learned")
 """Modules under ``parm.export`` that register the built-in codes besides ``sum`` (imported on first lookup, since
 they import this module for the base classes)."""
 _builtins_loaded = False

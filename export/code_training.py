@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from parm.errors import ConfigError
 from .code_registry import Code, CodeShape, Decoder, Encoder, ParityKind, availability, get_code
 from .data import Dataset
 from .fsource import FSource, LoadedF
-from .models import PARITY_FAMILIES
+from .models import PARITY_FAMILIES, MultiHead
 from .onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
 from .train import Augmentation, TrainConfig, TrainResult, train_learned_code, train_parity
 
@@ -45,6 +46,21 @@ LEARNED_CONFIG = TrainConfig(epochs=30, batch_size=256, lr=1e-3, groups_per_epoc
 
 
 PARITY_INITS = ("fresh", "f")
+RECIPES = ("project", "parm")
+
+
+def parm_recipe(k: int) -> TrainConfig:
+    """ParM's published training of a parity model, the reference every report shows: MSE to the sum of F's
+    answers, Adam (lr 1e-3, weight decay 1e-5) at a constant rate, 64 groups per batch at k = 2 and 32 otherwise,
+    300 epochs of one group per k training queries, the best epoch by validation reconstruction error."""
+    return TrainConfig(
+        epochs=300,
+        batch_size=64 if k == 2 else 32,
+        lr=1e-3,
+        weight_decay=1e-5,
+        schedule="constant",
+        select_by="reconstruction",
+    )
 
 
 @dataclass(frozen=True)
@@ -66,10 +82,25 @@ class CodeConfig:
     distill: float = 0.0
     augment: Augmentation | None = None
     train: TrainConfig | None = None
+    image_shape: tuple[int, ...] | None = None
+    """[C, H, W] of queries that are images given flat (``CodeShape.image_shape``), for the image codes."""
+    parity_loss: str = "mse"
+    """``kl``: parity models trained by KL to F's softmax (``TrainConfig.loss``), for per-member heads (collage)."""
+    recipe: str = "project"
+    """``parm``: ParM's published training (``parm_recipe``), the reference row of reports."""
 
     def __post_init__(self) -> None:
         code = get_code(self.code)
         code.check(self.k, self.r)
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {list(RECIPES)}, got {self.recipe!r}")
+        if (self.recipe == "parm" or self.parity_loss != "mse") and code.parity is not ParityKind.TRAINED:
+            raise ConfigError(f"code {self.code!r} trains no parity model: the parm and kl options train one")
+        if self.parity_loss == "kl" and code.parity_output is None:
+            raise ConfigError(
+                f"code {self.code!r}: a KL loss needs parity answers that are each one member's (the collage's "
+                "heads); a sum of answers is not a distribution"
+            )
         if self.augment is not None and code.parity is not ParityKind.TRAINED:
             raise ConfigError(f"code {self.code!r} trains no parity model: augmentation applies to parity training")
         if self.parity_arch is not None and self.parity_arch not in PARITY_FAMILIES:
@@ -85,7 +116,8 @@ class CodeConfig:
     def parse(cls, text: str) -> CodeConfig:
         """``name:k[:r][@option,...]`` as the CLI writes codes, e.g. ``sum:3``, ``linear:2:2``, ``berrut:4``,
         ``sum:4@finit,distill``. Options: ``finit`` (parity_init f), ``distill`` (distill 1.0), ``w<N>`` (width N),
-        ``aug`` (augmented member queries, ``AUGMENT``)."""
+        ``aug`` (augmented member queries, ``AUGMENT``), ``kl`` (parity loss KL, collage), ``parm`` (ParM's
+        published recipe, ``parm_recipe``)."""
         spec, _, options = text.partition("@")
         parts = spec.split(":")
         if not 2 <= len(parts) <= 3 or not all(p.strip().isdigit() for p in parts[1:]):
@@ -100,8 +132,14 @@ class CodeConfig:
                 values["width"] = int(option[1:])
             elif option == "aug":
                 values["augment"] = AUGMENT
+            elif option == "kl":
+                values["parity_loss"] = "kl"
+            elif option == "parm":
+                values["recipe"] = "parm"
             else:
-                raise ConfigError(f"{text!r}: unknown code option {option!r}; known: finit, distill, w<N>, aug")
+                raise ConfigError(
+                    f"{text!r}: unknown code option {option!r}; known: finit, distill, w<N>, aug, kl, parm"
+                )
         return cls(parts[0].strip(), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1, **values)
 
     @property
@@ -116,6 +154,10 @@ class CodeConfig:
             words.append(f"distillation {self.distill:g}")
         if self.augment is not None:
             words.append("augmented queries")
+        if self.parity_loss == "kl":
+            words.append("KL to F's softmax")
+        if self.recipe == "parm":
+            words.append("ParM's published recipe")
         return ", ".join(words)
 
     @property
@@ -129,14 +171,19 @@ class CodeConfig:
         """A file-name-safe identifier of the code, its shape and its variant."""
         slug = f"{self.code}-k{self.k}-r{self.r}" + (f"-w{self.width}" if self.width > 1 else "")
         slug += ("-finit" if self.parity_init == "f" else "") + (f"-d{self.distill:g}" if self.distill else "")
-        return slug + ("-aug" if self.augment is not None else "")
+        slug += ("-aug" if self.augment is not None else "") + ("-kl" if self.parity_loss == "kl" else "")
+        return slug + ("-parm" if self.recipe == "parm" else "")
 
     def training(self, quick: bool = False) -> TrainConfig:
         """The training run: ``train`` or the default by kind, with this code's distillation and augmentation
         (cut to a few steps when ``quick``)."""
         base = self.train
-        if base is None:
+        if base is None and self.recipe == "parm":
+            base = parm_recipe(self.k)
+        elif base is None:
             base = LEARNED_CONFIG if get_code(self.code).trainable else PARITY_CONFIG
+        if self.parity_loss != base.loss:
+            base = dataclasses.replace(base, loss=self.parity_loss)
         if self.distill:
             base = dataclasses.replace(base, distill_weight=self.distill)
         if self.augment is not None:
@@ -167,11 +214,27 @@ class TrainedCode:
         return list(self.parity_models) if self.parity_models else [f_module] * self.config.r
 
 
+def code_shape(config: CodeConfig, f: LoadedF) -> CodeShape:
+    """What the code's networks are built for: its k and r, F's query and answer shapes, the image shape."""
+    return CodeShape(config.k, config.r, tuple(f.input.dims), tuple(f.output.dims), config.image_shape)
+
+
 def build_code(config: CodeConfig, f: LoadedF) -> tuple[Encoder, Decoder]:
     """The code's encoder and decoder for F's query and answer shapes (freshly initialised if trainable)."""
     code = get_code(config.code)
-    shape = CodeShape(config.k, config.r, tuple(f.input.dims), tuple(f.output.dims))
+    shape = code_shape(config, f)
     return code.encoder(shape), code.decoder(shape)
+
+
+def parity_builder(config: CodeConfig, f: LoadedF) -> Callable[[], nn.Module]:
+    """Builds one fresh parity model: F's architecture by ``fsource``'s rule, with k heads where the code's parity
+    answers in another shape than F (``Code.parity_output``, the collage)."""
+    make = f.parity_architecture(config.parity_arch, config.width)
+    shape = code_shape(config, f)
+    out = get_code(config.code).parity_output_shape(shape)
+    if out == shape.output_shape:
+        return make
+    return lambda: MultiHead(make(), out)
 
 
 def train_code(
@@ -196,7 +259,7 @@ def train_code(
         encoder, decoder = build_code(config, f)
         trained = TrainedCode(config, encoder, decoder)
         if code.parity is ParityKind.TRAINED:
-            make = f.parity_architecture(config.parity_arch, config.width)
+            make = parity_builder(config, f)
             trained.parity_models = [make() for _ in range(config.r)]
             if config.parity_init == "f":
                 for model in trained.parity_models:
@@ -213,7 +276,7 @@ def train_code(
                 )
             trained.result = train_learned_code(encoder, decoder, f.trainable_module, train, val, cfg, checkpoint)
         elif code.select is not None:
-            shape = CodeShape(config.k, config.r, tuple(f.input.dims), tuple(f.output.dims))
+            shape = code_shape(config, f)
             selection = code.select(shape, f.module, val.x, seed)
             trained.encoder, trained.decoder, trained.chosen = selection.encoder, selection.decoder, selection.chosen
     # a reloaded checkpoint reports the training time it took when it was trained
@@ -281,6 +344,7 @@ def export_code(trained: TrainedCode, f: LoadedF, out_dir: Path, seed: int = 0) 
     k, r = config.k, config.r
     g = torch.Generator().manual_seed(seed)
     q_shape, o_shape = tuple(f.input.dims), tuple(f.output.dims)
+    p_shape = trained.code.parity_output_shape(code_shape(config, f))
 
     def queries(*lead: int) -> torch.Tensor:
         return torch.rand(*lead, *q_shape, generator=g)
@@ -288,7 +352,7 @@ def export_code(trained: TrainedCode, f: LoadedF, out_dir: Path, seed: int = 0) 
     def decoder_inputs(kk: int, batch: int, erased: int, lost: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
         outputs = torch.randn(kk, batch, *o_shape, generator=g)
         outputs[erased] = float("nan")  # an erased slot may hold anything; the decoder must not read it
-        parity = torch.randn(r, batch, *o_shape, generator=g)
+        parity = torch.randn(r, batch, *p_shape, generator=g)
         parity[list(lost)] = float("nan")  # nor a lost parity's
         return parity, outputs, availability(kk, r, [erased], lost)
 

@@ -2,10 +2,15 @@
 
 ParM's authors report it as their most accurate encoder for images: the parity model sees every member at a lower
 resolution, side by side, instead of k images summed on top of each other. The parity model is still trained so that
-Fp(P) ~ F(X1) + ... + F(Xk), so the decoder is ParM's subtraction decoder.
+Fp(P) ~ F(X1) + ... + F(Xk), so the decoder is ParM's subtraction decoder. The collage code (``collage``) tiles the
+same way and answers every member on its own head instead.
 
 - k = 2: each [C, H, W] image is average-pooled over pairs of columns to [C, H, W/2]; the halves sit side by side.
-- k = 4: each image is average-pooled 2x2 to [C, H/2, W/2]; the four sit in the quadrants (1 2 / 3 4).
+- k = 3 and 4: each image is average-pooled 2x2 to [C, H/2, W/2]; they sit in the quadrants (1 2 / 3 4), the fourth
+  tile empty (zeros) for k = 3.
+
+Queries given flat (an MLP F on 784 pixels) are tiled as the images ``CodeShape.image_shape`` says they are, and the
+tiled image is flattened back: the parity query keeps F's input shape.
 """
 
 from __future__ import annotations
@@ -15,39 +20,45 @@ from torch import nn
 
 from parm.errors import ConfigError
 
-from .code_registry import Code, Encoder, ParityKind, SubtractionDecoder, register_code
+from .code_registry import Code, CodeShape, Encoder, ParityKind, SubtractionDecoder, register_code
 
-CONCAT_KS = (2, 4)
+TILED_KS = (2, 3, 4)
 
 
-class ConcatEncoder(Encoder):
-    """``queries`` [k, B, C, H, W] -> ``parity_queries`` [1, B, C, H, W], the k images downsampled and tiled."""
+class TiledEncoder(Encoder):
+    """``queries`` [k, B, *q] -> ``parity_queries`` [1, B, *q]: the k images downsampled and tiled into one."""
 
-    def __init__(self, k: int, query_shape: tuple[int, ...] = ()) -> None:
+    def __init__(self, k: int, query_shape: tuple[int, ...] = (), image_shape: tuple[int, ...] | None = None) -> None:
         super().__init__(k, r=1)
-        if k not in CONCAT_KS:
-            raise ConfigError(f"the concatenation encoder tiles k = 2 (side by side) or 4 (quadrants), got k={k}")
+        if k not in TILED_KS:
+            raise ConfigError(f"tiling takes k = 2 (side by side), 3 or 4 (quadrants), got k={k}")
+        self.image_shape: tuple[int, ...] = ()
         if query_shape:
-            if len(query_shape) != 3:
-                raise ConfigError(f"the concatenation encoder needs image queries [C, H, W], got {query_shape}")
-            _, height, width = query_shape
-            if width % 2 or (k == 4 and height % 2):
+            self.image_shape = CodeShape(k, 1, tuple(query_shape), image_shape=image_shape).image
+            _, height, width = self.image_shape
+            if width % 2 or (k > 2 and height % 2):
                 raise ConfigError(
-                    f"k={k} tiling needs {'H and W' if k == 4 else 'W'} even, got [H, W]=[{height}, {width}]"
+                    f"k={k} tiling needs {'H and W' if k > 2 else 'W'} even, got [H, W]=[{height}, {width}]"
                 )
         self.pool = nn.AvgPool2d(kernel_size=(1, 2) if k == 2 else (2, 2))
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
-        k, batch = queries.shape[0], queries.shape[1]
-        small = self.pool(queries.flatten(0, 1))  # [k*B, C, h, w]
+        k, batch, query_shape = queries.shape[0], queries.shape[1], queries.shape[2:]
+        images = queries.reshape(k * batch, *self.image_shape) if self.image_shape else queries.flatten(0, 1)
+        small = self.pool(images)  # [k*B, C, h, w]
         small = small.reshape(k, batch, *small.shape[1:])
         if self.k == 2:
             tiled = torch.cat([small[0], small[1]], dim=-1)
         else:
+            fourth = small[3] if self.k == 4 else torch.zeros_like(small[0])
             top = torch.cat([small[0], small[1]], dim=-1)
-            bottom = torch.cat([small[2], small[3]], dim=-1)
+            bottom = torch.cat([small[2], fourth], dim=-1)
             tiled = torch.cat([top, bottom], dim=-2)
-        return tiled.unsqueeze(0)
+        return tiled.reshape(1, batch, *query_shape)
+
+
+class ConcatEncoder(TiledEncoder):
+    """ParM's concatenation: the tiled image, its parity model trained to the sum of the members' answers."""
 
     def target_weights(self) -> torch.Tensor:
         return torch.ones(1, self.k)
@@ -56,11 +67,12 @@ class ConcatEncoder(Encoder):
 register_code(
     Code(
         "concat",
-        lambda shape: ConcatEncoder(shape.k, shape.query_shape),
+        lambda shape: ConcatEncoder(shape.k, shape.query_shape, shape.image_shape),
         lambda shape: SubtractionDecoder(shape.k),
         ParityKind.TRAINED,
-        "ParM for images: the k queries downsampled and tiled (k=2 side by side, k=4 quadrants), subtraction decoder",
-        ks=CONCAT_KS,
+        "ParM for images: the k queries downsampled and tiled (k=2 side by side, k=3, 4 quadrants), subtraction "
+        "decoder",
+        ks=TILED_KS,
         title="ParM concatenation",
     )
 )

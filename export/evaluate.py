@@ -31,12 +31,21 @@ from parm.errors import ConfigError
 from parm.progress import Progress
 
 from .code_registry import get_code
-from .code_training import CodeConfig, TrainedCode
+from .code_training import CodeConfig, TrainedCode, code_shape
 from .data import DataSplits
 from .degraded import degraded_accuracy, paired_gap_stderr
 from .fsource import FSource, LoadedF, OnnxCallable
 from .models import BackupMLP, predict
-from .pipeline import DataSpec, FSpec, OfflinePipeline, f_key, fingerprint, load_splits, torch_threads
+from .pipeline import (
+    DataSpec,
+    FSpec,
+    OfflinePipeline,
+    data_description,
+    f_key,
+    fingerprint,
+    load_splits,
+    torch_threads,
+)
 from .report import Report, ReportRow
 from .repository import parse_orchestrator_config, read_config
 from .train import TrainConfig, train_classifier, train_distilled
@@ -101,8 +110,9 @@ def extra_per_query(trained: TrainedCode, f: LoadedF) -> float:
         return r / k
     parity = sum(count_macs(model, query) for model in trained.parity_side(f.module))
     encoder = count_macs(trained.encoder, torch.zeros(k, 1, *f.input.dims))
+    parity_shape = trained.code.parity_output_shape(code_shape(trained.config, f))
     decoder = count_macs(
-        trained.decoder, torch.zeros(r, 1, *f.output.dims), torch.zeros(k, 1, *f.output.dims), torch.ones(k + r)
+        trained.decoder, torch.zeros(r, 1, *parity_shape), torch.zeros(k, 1, *f.output.dims), torch.ones(k + r)
     )
     return (encoder + parity + decoder) / (k * f_macs)
 
@@ -279,7 +289,7 @@ def _test_report(f_description, data, splits, seed, f_accuracy, rows, started) -
     """The report of rows measured on the test split of ``data``, ``started`` (``perf_counter``) ago."""
     return Report(
         f_description=f_description,
-        data_description=str(data.path) if data.path else "scikit-learn digits",
+        data_description=data_description(data),
         split="test",
         queries=len(splits.test),
         seed=seed,

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import time
@@ -28,13 +29,14 @@ import torch
 from torch import nn
 
 from parm.backend.orchestrator import OrchestratorSettings, TensorSpec
+from parm.errors import ConfigError
 
 from . import models
 from .code_training import CodeConfig, ExportedCode, TrainedCode, export_code, train_code
-from .data import DataSplits, load_digits_splits, load_queries, split_dataset
+from .data import Dataset, DataSplits, load_digits_splits, load_queries, split_dataset
 from .degraded import DegradedAccuracy, degraded_accuracy
 from .fsource import LoadedF, load_f, torch_f
-from .models import DIGITS_INPUT_SPEC, DIGITS_OUTPUT_SPEC
+from .models import DIGITS_CLASSES, DIGITS_INPUT, DIGITS_OUTPUT, DIGITS_QUERY_SHAPE
 from .repository import CodedDeployment, write_repository
 from .train import TrainConfig, TrainResult, train_classifier
 
@@ -42,18 +44,27 @@ logger = logging.getLogger(__name__)
 
 F_CONFIG = TrainConfig(epochs=30, batch_size=64, lr=2e-3)
 """Training of the default F (DigitsCNN on scikit-learn digits)."""
+MLP_CONFIG = TrainConfig(epochs=30, batch_size=64, lr=1e-3)
+"""ParM's training of its base-MLP: cross-entropy, Adam 1e-3, batch 64, 30 epochs, best by validation accuracy."""
+CNN_CONFIG = TrainConfig(epochs=15, batch_size=128, lr=2e-3, weight_decay=1e-4)
+"""Training of the small residual CNN on 28x28 images (about 40 s an epoch of Fashion-MNIST on 2 cores)."""
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 """Splits of a user's queries (digits uses the same): validation chooses checkpoints, test is only reported."""
 
 
 @dataclass(frozen=True)
 class BuiltinF:
-    """An F trained here on scikit-learn digits: a network of ``models`` (by class name and options) and its
-    training."""
+    """An F trained here: a network of ``models`` (by class name and options), the query shape it takes, its
+    classes, its training, and the name it is served under."""
 
     architecture: str = "DigitsCNN"
     options: tuple[tuple[str, int], ...] = (("width", 1),)
     training: TrainConfig = F_CONFIG
+    query_shape: tuple[int, ...] = DIGITS_QUERY_SHAPE
+    """One query as F takes it: image [C, H, W] or flat [D]; image data of as many values is flattened for a flat
+    F (``fit_queries``)."""
+    classes: int = DIGITS_CLASSES
+    model_name: str = "digits"
 
     def build(self) -> nn.Module:
         return getattr(models, self.architecture)(**dict(self.options))
@@ -64,15 +75,53 @@ class BuiltinF:
         return f"{self.architecture}({', '.join(f'{key}={value}' for key, value in self.options)})"
 
     @property
-    def description(self) -> str:
-        return f"{self.name} trained on scikit-learn digits"
+    def input_spec(self) -> TensorSpec:
+        return TensorSpec(DIGITS_INPUT, np.dtype(np.float32), self.query_shape)
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec(DIGITS_OUTPUT, np.dtype(np.float32), (self.classes,))
+
+
+BUILTIN_FS: dict[str, BuiltinF] = {
+    "digits-cnn": BuiltinF(),
+    "mlp": BuiltinF("BaseMLP", (("in_features", 784), ("classes", 10)), MLP_CONFIG, (784,), 10, model_name="mlp"),
+    "cnn": BuiltinF(
+        "SmallResNet", (("channels", 1), ("classes", 10), ("width", 16)), CNN_CONFIG, (1, 28, 28), 10, "cnn"
+    ),
+}
+"""The Fs ``--f NAME`` trains here: the default digits CNN (8x8 digits), ParM's base-MLP for 28x28 images given
+flat (784 pixels) and a small residual CNN for 28x28 images (both 10 classes: Fashion-MNIST's shape)."""
+
+
+def builtin_f(name: str) -> BuiltinF:
+    """The built-in F called ``name``; the error lists the names."""
+    try:
+        return BUILTIN_FS[name]
+    except KeyError:
+        raise ConfigError(f"unknown built-in F {name!r}; known: {sorted(BUILTIN_FS)}") from None
+
+
+def fit_queries(splits: DataSplits, query_shape: tuple[int, ...], what: str) -> DataSplits:
+    """``splits`` with each query shaped as F takes it: unchanged, or flattened/reshaped when F takes the same
+    number of values in another layout (28x28 images for a flat 784-pixel MLP); else a clear error."""
+    have = splits.train.query_shape
+    if have == tuple(query_shape):
+        return splits
+    if math.prod(have) != math.prod(query_shape):
+        raise ConfigError(f"{what} takes queries of shape {list(query_shape)}, the data has {list(have)}")
+
+    def shaped(data: Dataset) -> Dataset:
+        return Dataset(data.x.reshape(len(data), *query_shape), data.y)
+
+    return DataSplits(shaped(splits.train), shaped(splits.val), shaped(splits.test))
 
 
 @dataclass(frozen=True)
 class FSpec:
-    """Where F comes from: ``None`` source trains ``builtin`` (the default DigitsCNN) on digits; else an ``.onnx``
-    file, a TorchScript file or ``package.module:Class`` (with ``weights``). Names override what F itself says
-    (torch F)."""
+    """Where F comes from: ``None`` source trains ``builtin`` (the default DigitsCNN, or one of ``BUILTIN_FS``) on
+    the data; else an ``.onnx`` file, a TorchScript file or ``package.module:Class`` (with ``weights``). Names
+    override what F itself says (torch F)."""
 
     source: str | None = None
     weights: Path | None = None
@@ -164,6 +213,11 @@ def fingerprint(*parts: object) -> str:
     return digest.hexdigest()[:10]
 
 
+def data_description(data: DataSpec) -> str:
+    """The data set in words, for F's description and reports."""
+    return str(data.path) if data.path else "scikit-learn digits"
+
+
 def load_splits(data: DataSpec, seed: int) -> DataSplits:
     """Train/val/test splits of the queries (stratified by label where there are labels), reproducible by seed."""
     if data.path is None:
@@ -172,9 +226,10 @@ def load_splits(data: DataSpec, seed: int) -> DataSplits:
 
 
 def train_builtin_f(
-    builtin: BuiltinF, splits: DataSplits, checkpoints: Path, seed: int, quick: bool = False
+    builtin: BuiltinF, splits: DataSplits, checkpoints: Path, seed: int, quick: bool = False, data: str = "digits"
 ) -> tuple[LoadedF, TrainResult, TrainConfig]:
-    """A built-in F trained on the digits train split (checkpointed under ``checkpoints``)."""
+    """A built-in F trained on the train split of ``splits`` (shaped for it, ``fit_queries``; checkpointed under
+    ``checkpoints``); ``data`` names the data set in F's description."""
     cfg = dataclasses.replace(builtin.training, seed=seed)
     if quick:
         cfg = cfg.quick()
@@ -183,7 +238,8 @@ def train_builtin_f(
         torch.manual_seed(seed)
         model = builtin.build()
         result = train_classifier(model, splits.train, splits.val, cfg, checkpoint=checkpoint)
-    return torch_f(model, DIGITS_INPUT_SPEC, DIGITS_OUTPUT_SPEC, builtin.description), result, cfg
+    description = f"{builtin.name} trained on {data}"
+    return torch_f(model, builtin.input_spec, builtin.output_spec, description), result, cfg
 
 
 def code_checkpoint(
@@ -230,8 +286,10 @@ class OfflinePipeline:
         self.f_training: TrainResult | None = None
         with torch_threads():
             if self.f_spec.source is None:
+                builtin = self.f_spec.builtin
+                self.splits = fit_queries(self.splits, builtin.query_shape, builtin.name)
                 self.f, self.f_training, cfg = train_builtin_f(
-                    self.f_spec.builtin, self.splits, self.checkpoints, seed, quick
+                    builtin, self.splits, self.checkpoints, seed, quick, data_description(self.data)
                 )
                 self.f_record = {
                     "f": self.f.description,

@@ -70,10 +70,16 @@ class Augmentation:
             raise ConfigError(f"shift, rotate and scale need image queries [C, H, W], got queries {list(query_shape)}")
 
 
+SCHEDULES = ("cosine", "constant")
+LOSSES = ("mse", "kl")
+SELECTIONS = ("agreement", "reconstruction")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``groups_per_epoch`` (parity training only) is how many random k-groups an epoch draws;
-    ``None`` means as many as there are training queries. ``max_steps`` caps optimizer steps (smoke runs)."""
+    ``None`` means one group per k training queries (each query in one group per epoch on average, ParM's epoch).
+    ``max_steps`` caps optimizer steps (smoke runs)."""
 
     epochs: int
     batch_size: int
@@ -89,6 +95,15 @@ class TrainConfig:
     augment: Augmentation | None = None
     """Parity training only: augment member queries (see ``Augmentation``); F's targets are then computed on the
     fly, once per minibatch, instead of once for the training split. ``None`` is ParM's plain training."""
+    schedule: str = "cosine"
+    """``cosine``: the rate decays to zero over the run; ``constant``: it stays (ParM's published recipe)."""
+    loss: str = "mse"
+    """Parity training only: ``mse`` on the parity answers (ParM); ``kl``: KL from F's softmax to the parity
+    answer's, per answer along the last axis (for parity models that answer each member on its own head, the
+    collage; meaningless for a sum of answers)."""
+    select_by: str = "agreement"
+    """Parity training only: the epoch kept is the one whose rebuilt answers on validation agree most with F's
+    (``agreement``), or whose parity answers are nearest their targets (``reconstruction``: ParM's choice)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -101,6 +116,13 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.distill_weight < 0:
             raise ConfigError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        for name, value, known in (
+            ("schedule", self.schedule, SCHEDULES),
+            ("loss", self.loss, LOSSES),
+            ("select_by", self.select_by, SELECTIONS),
+        ):
+            if value not in known:
+                raise ConfigError(f"{name} must be one of {list(known)}, got {value!r}")
 
     def quick(self) -> TrainConfig:
         """This training cut to ``QUICK_STEPS`` optimizer steps in one epoch: the one rule of every smoke run (the
@@ -136,8 +158,11 @@ def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 def _optimizer(
     model: nn.Module, cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam with a cosine decay to zero over the run: the late small steps settle the regression of parity models."""
+    """Adam with a cosine decay to zero over the run (the late small steps settle the regression of parity models),
+    or at a constant rate (``cfg.schedule``)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "constant":
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
 
 
@@ -396,7 +421,9 @@ def train_parity(
     checkpoint: Path | None = None,
 ) -> TrainResult:
     """ParM training: parity model j regresses Fp_j(encoder(X1..Xk)[j]) onto sum_i W[j, i] F(X_i) with MSE (W: the
-    encoder's ``target_weights``, all ones for ParM's sum and concatenation codes), F frozen, labels unused.
+    encoder's ``target_weights``, all ones for ParM's sum and concatenation codes; the encoder's ``parity_targets``
+    in general, e.g. every member's answer on its own head for the collage), F frozen, labels unused; ``cfg.loss``
+    may be KL to F's softmax instead.
 
     ``parity_model`` is the one parity model (r = 1) or the list of r; they train together in one loop. Keeps the
     epoch whose rebuilt answers on ``val`` (every erasure pattern the code tolerates, decoded by ``decoder``) agree
@@ -405,20 +432,17 @@ def train_parity(
     """
     check_k(k, encoder, decoder)
     stacked = as_parity(parity_model, encoder.r)
-    weights = encoder.target_weights()  # [r, k]
     x = torch.from_numpy(train.x)
     if cfg.augment is not None:
         cfg.augment.check(train.query_shape)
     members_of = _member_source(f_model, x, cfg.augment)
-    groups = cfg.groups_per_epoch or len(x)
+    groups = cfg.groups_per_epoch or len(x) // k
     slot_generator = torch.Generator().manual_seed(cfg.seed + 2)
 
     def loss_of(batch: object) -> torch.Tensor:
         queries, members = members_of(batch)  # [k, b, *q], [k, b, *o]
-        parity_queries = encoder(queries)  # [r, b, *q]
-        target = (weights @ members.flatten(1)).reshape(encoder.r, *members.shape[1:])  # [r, b, *o]
-        parity_outputs = stacked(parity_queries)
-        loss = nn.functional.mse_loss(parity_outputs, target)
+        parity_outputs = stacked(encoder(queries))  # [r, b, *p]
+        loss = parity_loss(parity_outputs, encoder.parity_targets(members), cfg.loss)
         if cfg.distill_weight > 0:
             slot = int(torch.randint(k, (1,), generator=slot_generator))
             decoded = decoder(parity_outputs, members, availability(k, encoder.r, [slot]))[slot]
@@ -431,12 +455,41 @@ def train_parity(
         return loss
 
     def validate() -> float:
+        if cfg.select_by == "reconstruction":
+            return -_reconstruction_error(stacked, f_model, val, encoder, cfg.seed)
         report = degraded_accuracy(f_model, stacked, val, k, encoder, decoder, seed=cfg.seed)
         return float(np.mean([e.agreement_with_f for e in report.by_erasures]))
 
     return _fit(
         stacked, cfg, _group_batches(len(x), groups, k, cfg.batch_size), loss_of, validate, "parity", checkpoint
     )
+
+
+def parity_loss(outputs: torch.Tensor, targets: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """MSE between parity answers and their targets, or (``kl``) the mean KL from the targets' softmax to the
+    answers' along the last axis (each answer a distribution over classes)."""
+    if kind == "kl":
+        return nn.functional.kl_div(
+            nn.functional.log_softmax(outputs.flatten(0, -2), dim=-1),
+            nn.functional.log_softmax(targets.flatten(0, -2), dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    return nn.functional.mse_loss(outputs, targets)
+
+
+def _reconstruction_error(stacked: nn.Module, f_model: nn.Module, val: Dataset, encoder: Encoder, seed: int) -> float:
+    """Mean squared error of the parity answers against their targets on one seeded grouping of ``val`` (ParM's
+    model selection)."""
+    k = encoder.k
+    x = torch.from_numpy(val.x)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: len(x) // k * k]
+    groups = order.reshape(-1, k)
+    stacked.eval()
+    with torch.no_grad():
+        members = predict(f_model, x)[groups].transpose(0, 1)
+        outputs = stacked(encoder(x[groups].transpose(0, 1)))
+    return float(nn.functional.mse_loss(outputs, encoder.parity_targets(members)))
 
 
 def train_learned_code(
@@ -469,7 +522,7 @@ def train_learned_code(
     patterns = tolerated_patterns(decoder)
     pattern_generator = torch.Generator().manual_seed(cfg.seed + 1)
     code = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
-    groups = cfg.groups_per_epoch or len(x)
+    groups = cfg.groups_per_epoch or len(x) // k
 
     def loss_of(batch: object) -> torch.Tensor:
         parity_queries = encoder(x[batch].transpose(0, 1))  # [r, b, *q]

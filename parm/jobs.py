@@ -12,13 +12,13 @@ from parm.backend.orchestrator import OrchestratorSettings
 from parm.export.code_training import CodeConfig
 from parm.export.data import load_digits_splits
 from parm.export.degraded import ErasureAccuracy
-from parm.export.pipeline import DataSpec, ExportArtifacts, FSpec, RepositoryTarget, run_export
+from parm.export.pipeline import BUILTIN_FS, DataSpec, ExportArtifacts, FSpec, RepositoryTarget, builtin_f, run_export
 from parm.export.report import Report
 from parm.export.repository import CodedDeployment
 
 logger = logging.getLogger(__name__)
 
-F_NAME = "digits"
+F_NAME = FSpec().builtin.model_name
 MAX_BATCH_SIZE = 32
 
 
@@ -40,7 +40,7 @@ def export_repository(
     orchestrator's default settings; ``settings`` with ``f_workers`` makes the coded model a gateway's)."""
     code = code or CodeConfig("sum", k)
     f_spec = f_spec or FSpec()
-    name = name or (F_NAME if f_spec.source is None else _model_name(f_spec.source))
+    name = name or (f_spec.builtin.model_name if f_spec.source is None else _model_name(f_spec.source))
     target = RepositoryTarget(out, name, max_batch_size, settings or OrchestratorSettings())
     artifacts = run_export(work_dir, code, f_spec, data, seed=seed, quick=quick, repository=target)
     deployment = artifacts.deployment
@@ -105,7 +105,7 @@ def evaluate(
 def run_offline_command(args: argparse.Namespace) -> int:
     """Runs ``parm export``, ``parm train`` or ``parm eval`` from parsed CLI arguments (a user's mistake raises a
     ``ParmError``, which ``parm.cli.main`` reports in one line)."""
-    f_spec = FSpec(args.f_source, args.weights, args.input_name, args.output_name)
+    f_spec = f_spec_from_args(args)
     data = DataSpec(args.data, args.labels)
     if args.command == "eval":
         codes = [CodeConfig.parse(text) for text in args.codes] if args.codes else None
@@ -135,6 +135,14 @@ def run_offline_command(args: argparse.Namespace) -> int:
             settings=_settings_from_args(args),
         )
     return 0
+
+
+def f_spec_from_args(args: argparse.Namespace) -> FSpec:
+    """``--f``: a built-in F's name (``BUILTIN_FS``, unless a file of that name exists), or the user's F."""
+    source = args.f_source
+    if source in BUILTIN_FS and not Path(source).exists():
+        return FSpec(builtin=builtin_f(source))
+    return FSpec(source, args.weights, args.input_name, args.output_name)
 
 
 def _code_from_args(args: argparse.Namespace) -> CodeConfig:

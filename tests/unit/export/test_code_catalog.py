@@ -149,7 +149,7 @@ def test_berrut_rebuilds_a_smooth_f_approximately() -> None:
 def _code_inputs(name: str, k: int, r: int, batch: int, erased: tuple[int, ...], g: torch.Generator):
     outputs = torch.randn(k, batch, *OUTPUT, generator=g)
     outputs[list(erased)] = float("nan")
-    parity = torch.randn(r, batch, *OUTPUT, generator=g)
+    parity = torch.randn(r, batch, *get_code(name).parity_output_shape(CodeShape(k, r, QUERY, OUTPUT)), generator=g)
     lost = tuple(range(r - len(erased)))[:1]  # one parity lost when the others can still rebuild
     parity[list(lost)] = float("nan")
     return (
@@ -162,9 +162,11 @@ CASES = [
     ("sum", 3, 1),
     ("concat", 2, 1),
     ("concat", 4, 1),
+    ("collage", 3, 1),
     ("linear", 4, 2),
     ("linear", 3, 3),
     ("berrut", 4, 2),
+    ("letcc", 4, 2),
     ("learned", 2, 1),
     ("learned-conv", 3, 2),
 ]

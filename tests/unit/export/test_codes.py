@@ -81,15 +81,14 @@ def test_registry() -> None:
     assert isinstance(code.encoder(shape), SumEncoder) and isinstance(code.decoder(shape), SubtractionDecoder)
     assert code.encoder(shape).k == 3 and code.decoder(shape).r == 1
     assert code.parity is ParityKind.TRAINED
-    with pytest.raises(
-        ConfigError, match="known codes: \\['berrut', 'concat', 'learned', 'learned-conv', 'linear', 'sum'"
-    ):
+    known = "known codes: \\['berrut', 'collage', 'concat', 'learned', 'learned-conv', 'letcc', 'linear', 'sum'"
+    with pytest.raises(ConfigError, match=known):
         get_code("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_code(code)
     with pytest.raises(ConfigError, match="code 'sum' has at most r=1"):
         code.encoder(CodeShape(3, 2))
-    with pytest.raises(ConfigError, match=r"code 'concat' is defined for k in \[2, 4\], got k=3"):
-        get_code("concat").encoder(CodeShape(3, 1, (1, 8, 8)))
+    with pytest.raises(ConfigError, match=r"code 'concat' is defined for k in \[2, 3, 4\], got k=5"):
+        get_code("concat").encoder(CodeShape(5, 1, (1, 8, 8)))
     with pytest.raises(ConfigError, match="k >= 2"):
         SumEncoder(1)
