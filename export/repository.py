@@ -36,7 +36,7 @@ from parm.backend.orchestrator.contract import (
 from parm.backend.orchestrator.tensors import triton_type
 from parm.errors import ConfigError, ExportError
 
-from .code_registry import ParityKind, get_code
+from .code_registry import CodeShape, ParityKind, get_code
 from .code_training import parity_roles
 
 BACKEND_SOURCE = Path(__file__).resolve().parents[1] / "python_backend"
@@ -118,6 +118,14 @@ class CodedDeployment:
         """The model each of the r parity queries goes to, in order."""
         return self.trained_parities or (self.names.f,) * self.r
 
+    @property
+    def parity_output(self) -> TensorSpec:
+        """One parity answer as a served tensor: F's output, shaped as the code's parity answers are
+        (``Code.parity_output_shape``: F's own shape, or the collage's [k, *o], one head per member)."""
+        out = self.outputs[0]
+        shape = CodeShape(self.k, self.r, tuple(self.inputs[0].dims), tuple(out.dims))
+        return dataclasses.replace(out, dims=get_code(self.code).parity_output_shape(shape))
+
     def orchestrator_config(self) -> OrchestratorConfig:
         """The coded endpoint's whole configuration: F's signature, the code's wiring and the settings."""
         names = self.names
@@ -146,10 +154,9 @@ def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
     f_config = _onnx_config(
         names.f, deployment.inputs, deployment.outputs, deployment.max_batch_size, deployment.f_instances
     )
+    parity_out = deployment.parity_output
     parity_configs = [
-        _onnx_config(
-            name, deployment.inputs, deployment.outputs, deployment.max_batch_size, deployment.parity_instances
-        )
+        _onnx_config(name, deployment.inputs, (parity_out,), deployment.max_batch_size, deployment.parity_instances)
         for name in deployment.trained_parities
     ]
     encoder_config = _onnx_config(
@@ -163,7 +170,7 @@ def model_configs(deployment: CodedDeployment) -> dict[str, mc.ModelConfig]:
     decoder_config = _onnx_config(
         names.decoder,
         (
-            _stacked(DECODER_PARITY_INPUT, out, lead=r),
+            _stacked(DECODER_PARITY_INPUT, parity_out, lead=r),
             _stacked(DECODER_OUTPUTS_INPUT, out, lead=k_lead),
             TensorSpec(DECODER_AVAILABLE_INPUT, np.dtype(np.float32), (-1 if k_lead == -1 else k_lead + r,)),
         ),

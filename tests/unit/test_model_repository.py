@@ -125,3 +125,20 @@ def test_every_setting_reaches_the_coded_config():
     config = parse_orchestrator_config(model_configs(deployment)[deployment.names.coded])
     assert config.settings == settings
     assert config == deployment.orchestrator_config()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_collage_parity_models_answer_one_head_per_member_and_its_decoder_takes_them(k):
+    """The collage's parity answer is [k, *o] (``Code.parity_output_shape``): the parity model's config and the
+    decoder's ``parity_outputs`` [r, B, k, *o] say so, while F, the members' stack and the endpoint keep F's [*o]."""
+    deployment = dataclasses.replace(DEPLOYMENT, code="collage", k=k)
+    configs = model_configs(deployment)
+    (parity,) = [configs[name] for name in deployment.trained_parities]
+    classes = list(DIGITS_OUTPUT_SPEC.dims)
+    assert [list(t.dims) for t in parity.output] == [[k, *classes]]
+    assert [list(t.dims) for t in parity.input] == [list(DIGITS_INPUT_SPEC.dims)]
+    decoder = {t.name: list(t.dims) for t in configs[deployment.names.decoder].input}
+    assert decoder == {"parity_outputs": [1, -1, k, *classes], "outputs": [k, -1, *classes], "available": [k + 1]}
+    assert [list(t.dims) for t in configs[deployment.names.f].output] == [classes]
+    coded = parse_orchestrator_config(configs[deployment.names.coded])
+    assert coded.outputs == (DIGITS_OUTPUT_SPEC,)
