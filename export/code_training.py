@@ -237,6 +237,28 @@ def parity_builder(config: CodeConfig, f: LoadedF) -> Callable[[], nn.Module]:
     return lambda: MultiHead(make(), out)
 
 
+def check_applies(config: CodeConfig, f: LoadedF) -> None:
+    """Raises ``ConfigError`` saying why when the code cannot apply to F (image tiling on queries that are not
+    images, a widened parity model of an architecture that cannot widen, a learned code through an F that cannot
+    run as torch operations), before any training."""
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave training's draws as they are
+        build_code(config, f)
+        code = get_code(config.code)
+        if code.parity is ParityKind.TRAINED:
+            parity_builder(config, f)()
+    if code.trainable:
+        _require_differentiable(config, f)
+
+
+def _require_differentiable(config: CodeConfig, f: LoadedF) -> None:
+    if not f.differentiable:
+        raise ConfigError(
+            f"{config.label}: a learned code trains through F, and F ({f.description}) cannot run as torch "
+            f"operations ({f.graph_error}); give F as a TorchScript file or a torch module, or choose a ParM "
+            "code or berrut"
+        )
+
+
 def train_code(
     config: CodeConfig,
     f: LoadedF,
@@ -268,12 +290,7 @@ def train_code(
                 trained.parity_models, f.module, train, val, cfg, config.k, encoder, decoder, checkpoint
             )
         elif code.trainable:
-            if not f.differentiable:
-                raise ConfigError(
-                    f"{config.label}: a learned code trains through F, and F ({f.description}) cannot run as torch "
-                    f"operations ({f.graph_error}); give F as a TorchScript file or a torch module, or choose a ParM "
-                    "code or berrut"
-                )
+            _require_differentiable(config, f)
             trained.result = train_learned_code(encoder, decoder, f.trainable_module, train, val, cfg, checkpoint)
         elif code.select is not None:
             shape = code_shape(config, f)

@@ -31,7 +31,7 @@ from parm.errors import ConfigError
 from parm.progress import Progress
 
 from .code_registry import get_code
-from .code_training import CodeConfig, TrainedCode, code_shape
+from .code_training import CodeConfig, TrainedCode, check_applies, code_shape
 from .data import DataSplits
 from .degraded import degraded_accuracy, paired_gap_stderr
 from .fsource import FSource, LoadedF, OnnxCallable
@@ -72,10 +72,23 @@ DEFAULT_CODES = (
     "berrut:4",
     "learned-conv:3:2",
     "berrut:3:2",
+    "letcc:2",
+    "letcc:3",
+    "letcc:4",
+    "letcc:3:2",
+    "collage:2",
+    "collage:3",
+    "collage:4",
+    "sum:2@parm",
+    "sum:3@parm",
+    "sum:4@parm",
 )
 """What ``parm eval`` compares by default: ParM (sum; at k = 4 also a parity model of twice F's width, 4x its
-cost; concatenation; r = 2 at k = 3 and 4), learned codes (MLP and convolutional encoders) and Berrut at k = 2..4,
-and at k = 3 with r = 2 a learned code and Berrut beside ParM's, each also with one parity lost."""
+cost; concatenation; r = 2 at k = 3 and 4), learned codes (MLP and convolutional encoders), Berrut and LeTCC at
+k = 2..4, and at k = 3 with r = 2 a learned code, Berrut and LeTCC beside ParM's, each also with one parity lost;
+the collage at k = 2..4; and ParM's published recipe (``@parm``) at k = 2..4 as the reference row. Codes that cannot
+apply to an F (image tiling on a flat F without an image shape, widening an F that cannot widen) are skipped with
+the reason in the report."""
 BACKUP_CONFIG = TrainConfig(epochs=60, batch_size=64, lr=3e-3)
 
 
@@ -205,13 +218,20 @@ def evaluate_codes(
     seed: int = 0,
     quick: bool = False,
     baselines: bool = True,
+    skip_inapplicable: bool = False,
 ) -> Report:
-    """Trains (or reloads from ``work_dir``'s checkpoints) F and every code, and reports on the test split."""
+    """Trains (or reloads from ``work_dir``'s checkpoints) F and every code, and reports on the test split.
+
+    ``skip_inapplicable`` (the default set): a code that cannot apply to this F is listed in the report with the
+    reason instead of failing the whole report; a code the user named fails clearly."""
     started = time.perf_counter()
     work_dir = Path(work_dir)
     pipeline = OfflinePipeline(work_dir, f_spec, data, seed, quick)
     f, splits, data = pipeline.f, pipeline.splits, pipeline.data
     rows: list[ReportRow] = []
+    skipped: list[tuple[str, str]] = []
+    if skip_inapplicable:
+        codes, skipped = _applicable(codes, pipeline)
     with Progress("parm eval: codes", len(codes), logger, unit="code") as progress:
         for code in codes:
             trained, degraded = pipeline.train(code)
@@ -233,7 +253,24 @@ def evaluate_codes(
         if splits.test.y is not None:
             f_pred = predict(f.module, torch.from_numpy(splits.test.x)).argmax(dim=1).numpy()
             f_accuracy = float(np.mean(f_pred == splits.test.y))
-    return _test_report(f.description, data, splits, seed, f_accuracy, rows, started)
+    return dataclasses.replace(
+        _test_report(f.description, data, splits, seed, f_accuracy, rows, started), skipped=tuple(skipped)
+    )
+
+
+def _applicable(
+    codes: Sequence[CodeConfig], pipeline: OfflinePipeline
+) -> tuple[list[CodeConfig], list[tuple[str, str]]]:
+    """The codes that apply to the pipeline's F, and (code, why) for the others."""
+    kept, skipped = [], []
+    for code in codes:
+        try:
+            check_applies(pipeline.code_for_f(code), pipeline.f)
+        except ConfigError as error:
+            skipped.append((code.label, str(error)))
+        else:
+            kept.append(code)
+    return kept, skipped
 
 
 class _OnnxCode(OnnxCallable):

@@ -283,6 +283,8 @@ class OfflinePipeline:
         self.seed, self.quick = seed, quick
         self.checkpoints = Path(checkpoints) if checkpoints is not None else self.work_dir / "checkpoints"
         self.splits = load_splits(self.data, seed)
+        # the images' shape [C, H, W] as the data holds them: image codes on an F that takes them flat need it
+        self.image_shape = self.splits.train.query_shape if len(self.splits.train.query_shape) == 3 else None
         self.f_training: TrainResult | None = None
         with torch_threads():
             if self.f_spec.source is None:
@@ -302,9 +304,16 @@ class OfflinePipeline:
                 self.f_record = {"f": self.f.description}
         self.f_key = f_key(self.f_spec, self.f)
 
+    def code_for_f(self, code: CodeConfig) -> CodeConfig:
+        """``code`` with the image shape of the data when F takes the images flat and the code says none."""
+        if code.image_shape is None and self.image_shape and len(self.f.input.dims) != 3:
+            return dataclasses.replace(code, image_shape=self.image_shape)
+        return code
+
     def train(self, code: CodeConfig) -> tuple[TrainedCode, DegradedAccuracy]:
         """Trains (or reloads) ``code`` on the training split and measures its degraded-mode accuracy on the test
         split."""
+        code = self.code_for_f(code)
         f, splits = self.f, self.splits
         with torch_threads():
             checkpoint = code_checkpoint(self.checkpoints, code, self.f_key, splits, self.seed, self.quick)
@@ -379,6 +388,7 @@ def run_export(
     code = code or CodeConfig()
     started = time.perf_counter()
     pipeline = OfflinePipeline(out_dir, f_spec, data, seed, quick)
+    code = pipeline.code_for_f(code)
     trained, report = pipeline.train(code)
     train_seconds = time.perf_counter() - started
     exported = pipeline.export(trained, out_dir)

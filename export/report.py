@@ -72,6 +72,8 @@ class Report:
     f_accuracy: float | None
     rows: tuple[ReportRow, ...] = field(default_factory=tuple)
     wall_seconds: float | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(code, why) for the codes of the default set that cannot apply to this F (an image code on a flat F...)."""
 
     def gap_points(self, row: ReportRow) -> float | None:
         """How many accuracy points the row loses against F with every answer available."""
@@ -115,6 +117,9 @@ class Report:
                 )
                 + " |"
             )
+        if self.skipped:
+            lines += ["", "Skipped, since they cannot apply to this F:"]
+            lines += [f"- {code}: {why}" for code, why in self.skipped]
         if self.wall_seconds is not None and any(row.train_seconds is not None for row in self.rows):
             lines += [
                 "",

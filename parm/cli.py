@@ -79,7 +79,8 @@ def _add_f_and_data(parser: argparse.ArgumentParser) -> None:
         "--f",
         dest="f_source",
         metavar="F",
-        help="your F: an .onnx file, a TorchScript file, or package.module:Class (default: train a digits CNN)",
+        help="your F: an .onnx file, a TorchScript file, or package.module:Class; or one trained here: digits-cnn "
+        "(the default, 8x8 digits), mlp (ParM's base-MLP, 784 pixels flat) or cnn (a small residual CNN, 1x28x28)",
     )
     parser.add_argument("--weights", type=Path, help="state dict for --f package.module:Class")
     parser.add_argument(
@@ -91,6 +92,21 @@ def _add_f_and_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="IDX labels for --data IDX images (optional)")
     parser.add_argument("--input-name", help="F's input name (torch F; default: its forward argument's name)")
     parser.add_argument("--output-name", help="F's output name (torch F; default: output)")
+    parser.add_argument(
+        "--image-shape",
+        type=_image_shape,
+        metavar="C,H,W",
+        help="the image shape of queries F takes flat, for the image codes (concat, collage); default: the data's "
+        "own image shape when F takes its images flat",
+    )
+
+
+def _image_shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three positive integers), got {text!r}")
+    channels, height, width = (int(p) for p in parts)
+    return channels, height, width
 
 
 def build_parser() -> argparse.ArgumentParser:

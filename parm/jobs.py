@@ -86,6 +86,7 @@ def evaluate(
     seed: int = 0,
     quick: bool = False,
     baselines: bool = True,
+    image_shape: tuple[int, ...] | None = None,
 ) -> Report:
     """``parm eval``: the accuracy report of a set of codes (or of one repository), written as JSON, Markdown and
     PNG under ``out`` and printed as the Markdown table."""
@@ -94,8 +95,12 @@ def evaluate(
     if repository is not None:
         report = evaluate_repository(repository, data, seed=seed)
     else:
-        chosen = codes or [CodeConfig.parse(text) for text in DEFAULT_CODES]
-        report = evaluate_codes(chosen, work_dir, f_spec, data, seed=seed, quick=quick, baselines=baselines)
+        chosen = codes or [
+            dataclasses.replace(CodeConfig.parse(text), image_shape=image_shape) for text in DEFAULT_CODES
+        ]
+        report = evaluate_codes(
+            chosen, work_dir, f_spec, data, seed=seed, quick=quick, baselines=baselines, skip_inapplicable=not codes
+        )
     paths = report.save(out)
     print(report.to_markdown())
     print(f"Report written to {paths['json']}, {paths['md']} and {paths['png']}")
@@ -108,7 +113,9 @@ def run_offline_command(args: argparse.Namespace) -> int:
     f_spec = f_spec_from_args(args)
     data = DataSpec(args.data, args.labels)
     if args.command == "eval":
-        codes = [CodeConfig.parse(text) for text in args.codes] if args.codes else None
+        codes = None
+        if args.codes:
+            codes = [dataclasses.replace(CodeConfig.parse(text), image_shape=args.image_shape) for text in args.codes]
         evaluate(
             args.out,
             args.work_dir,
@@ -119,6 +126,7 @@ def run_offline_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             quick=args.quick,
             baselines=not args.no_baselines,
+            image_shape=args.image_shape,
         )
     elif args.command == "train":
         train_only(args.work_dir, _code_from_args(args), f_spec, data, seed=args.seed, quick=args.quick)
@@ -154,7 +162,15 @@ def _code_from_args(args: argparse.Namespace) -> CodeConfig:
         base = LEARNED_CONFIG if get_code(args.code).trainable else PARITY_CONFIG
         train = dataclasses.replace(base, epochs=args.epochs)
     return CodeConfig(
-        args.code, args.k, args.r, args.parity_arch, args.width, args.parity_init, args.distill, train=train
+        args.code,
+        args.k,
+        args.r,
+        args.parity_arch,
+        args.width,
+        args.parity_init,
+        args.distill,
+        train=train,
+        image_shape=args.image_shape,
     )
 
 
