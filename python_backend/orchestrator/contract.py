@@ -5,8 +5,9 @@ repository runs on a stock GPU Triton and on the embedded CPU server. Shapes (``
 one answer's shape, ``B`` the batch size of each member request, ``k`` members, ``r`` parities per group):
 
 - encoder:  ``ENCODER_INPUT`` [k, B, *q]  ->  ``ENCODER_OUTPUT`` [r, B, *q]
-- parity model(s): F's own input and output names and shapes (ParM: same signature as F)
-- decoder:  ``DECODER_PARITY_INPUT`` [r, B, *o], ``DECODER_OUTPUTS_INPUT`` [k, B, *o] (missing rows of either hold
+- parity model(s): F's own input and output names, F's query shape, and answers of shape ``*p``: F's own ``*o``
+  (ParM: same signature as F), or the code's own (the collage: [k, *o], one head per member)
+- decoder:  ``DECODER_PARITY_INPUT`` [r, B, *p], ``DECODER_OUTPUTS_INPUT`` [k, B, *o] (missing rows of either hold
             any value), ``DECODER_AVAILABLE_INPUT`` [k + r] (the k members, then the r parities: 1.0 = arrived,
             0.0 = missing)
             ->  ``DECODER_OUTPUT`` [k, B, *o]: the members' outputs with erased slots filled in, from whichever

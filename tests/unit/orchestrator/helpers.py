@@ -184,6 +184,8 @@ class Harness:
     decoded in process (``code_weights``), where the encoder and decoder models must never be called."""
 
     inline = False
+    make_query = staticmethod(query)
+    """How ``submit`` builds a request's query from its marker and batch size."""
 
     def __init__(self, f=None, parity=None, decoder=None, parities=None, encoder=None, **config) -> None:
         self.f = f or LinearF()
@@ -206,7 +208,7 @@ class Harness:
 
     def submit(self, marker: float, batch: int = 1) -> int:
         request = len(self.queries)
-        self.queries[request] = query(marker, batch)
+        self.queries[request] = self.make_query(marker, batch)
         self.replies[request] = []
         self.done[request] = asyncio.Event()
 

@@ -3,8 +3,8 @@
 - ``InlineLinearCode``: a linear code (``code_weights``, with ``inline_code``) run in numpy inside the orchestrator:
   one Triton round trip less on the parity path and on every rebuild; the parities that arrived so far decode
   whenever they solve the erased slots.
-- ``CodeModels``: the exported encoder and decoder networks (learned, Berrut, concatenation, or a linear code with
-  ``inline_code`` off), called as Triton models by the decoder contract (``contract.py``).
+- ``CodeModels``: the exported encoder and decoder networks (learned, Berrut, concatenation, collage, or a linear
+  code with ``inline_code`` off), called as Triton models by the decoder contract (``contract.py``).
 """
 
 from __future__ import annotations
@@ -86,15 +86,30 @@ class CodeModels:
 
 def decoder_inputs(group: CodingGroup, name: str) -> Tensors:
     """The decoder model's inputs for output ``name``: missing answers (members' or parities') are zeros, and
-    ``available`` [k + r] says which they are."""
-    answers = [slot.outputs for slot in group.slots] + group.parity_outputs
-    template = np.zeros_like(next(outputs for outputs in answers if outputs is not None)[name])
-    stacked = np.stack([template if outputs is None else outputs[name] for outputs in answers])
+    ``available`` [k + r] says which they are.
+
+    Members and parities are stacked apart, since a parity answer need not have F's shape (the collage's is
+    [k, *o], one head per member): each kind's missing rows copy an answer of that kind that arrived. A decode
+    always has a parity answer, and a member's unless every member is missing, which only codes with r >= k allow;
+    those (linear ParM, codes whose parities F answers) answer parities in F's shape, so a parity shapes the rows
+    then.
+    """
+    members = [None if slot.outputs is None else slot.outputs[name] for slot in group.slots]
+    parities = [None if outputs is None else outputs[name] for outputs in group.parity_outputs]
     return {
-        DECODER_PARITY_INPUT: stacked[group.k :],
-        DECODER_OUTPUTS_INPUT: stacked[: group.k],
-        DECODER_AVAILABLE_INPUT: np.array([outputs is not None for outputs in answers], dtype=np.float32),
+        DECODER_PARITY_INPUT: _stack(parities, _zeros_like_first(parities)),
+        DECODER_OUTPUTS_INPUT: _stack(members, _zeros_like_first(members + parities)),
+        DECODER_AVAILABLE_INPUT: np.array([answer is not None for answer in members + parities], dtype=np.float32),
     }
+
+
+def _zeros_like_first(answers: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Zeros shaped as the first answer that arrived: what a missing answer's rows hold (the decoder ignores them)."""
+    return np.zeros_like(next(answer for answer in answers if answer is not None))
+
+
+def _stack(answers: Sequence[np.ndarray | None], template: np.ndarray) -> np.ndarray:
+    return np.stack([template if answer is None else answer for answer in answers])
 
 
 def group_code(config: OrchestratorConfig, target: Callable[[str], Target]) -> GroupCode:
