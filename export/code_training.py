@@ -117,12 +117,13 @@ class CodeConfig:
         """``name:k[:r][@option,...]`` as the CLI writes codes, e.g. ``sum:3``, ``linear:2:2``, ``berrut:4``,
         ``sum:4@finit,distill``. Options: ``finit`` (parity_init f), ``distill`` (distill 1.0), ``w<N>`` (width N),
         ``aug`` (augmented member queries, ``AUGMENT``), ``kl`` (parity loss KL, collage), ``parm`` (ParM's
-        published recipe, ``parm_recipe``)."""
+        published recipe, ``parm_recipe``), ``e<N>`` (N epochs of the code's training)."""
         spec, _, options = text.partition("@")
         parts = spec.split(":")
         if not 2 <= len(parts) <= 3 or not all(p.strip().isdigit() for p in parts[1:]):
             raise ConfigError(f"expected a code as name:k[:r][@options] (e.g. sum:3, linear:2:2), got {text!r}")
         values: dict[str, object] = {}
+        epochs = None
         for option in filter(None, (o.strip() for o in options.split(","))):
             if option == "finit":
                 values["parity_init"] = "f"
@@ -136,11 +137,16 @@ class CodeConfig:
                 values["parity_loss"] = "kl"
             elif option == "parm":
                 values["recipe"] = "parm"
+            elif option.startswith("e") and option[1:].isdigit() and int(option[1:]) > 0:
+                epochs = int(option[1:])
             else:
                 raise ConfigError(
-                    f"{text!r}: unknown code option {option!r}; known: finit, distill, w<N>, aug, kl, parm"
+                    f"{text!r}: unknown code option {option!r}; known: finit, distill, w<N>, aug, kl, parm, e<N>"
                 )
-        return cls(parts[0].strip(), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1, **values)
+        config = cls(parts[0].strip(), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1, **values)
+        if epochs is not None:
+            config = dataclasses.replace(config, train=dataclasses.replace(config.training(), epochs=epochs))
+        return config
 
     @property
     def variant(self) -> str:
@@ -158,6 +164,8 @@ class CodeConfig:
             words.append("KL to F's softmax")
         if self.recipe == "parm":
             words.append("ParM's published recipe")
+        if self.train is not None:
+            words.append(f"{self.train.epochs} epochs")
         return ", ".join(words)
 
     @property
