@@ -270,7 +270,7 @@ class MultiHead(nn.Module):
         self.net, self.shape = net, tuple(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).reshape(-1, *self.shape)
+        return self.net(x).unflatten(-1, self.shape)
 
 
 PARITY_FAMILIES = ("cnn", "mlp")
