@@ -58,9 +58,13 @@ NOHEDGE_SUFFIX = "_nohedge"
 
 
 @dataclass
-class _Cell:
+class BenchCell:
+    """One (scheme, scenario) at one offered rate and share of faulty time, run in one or more rounds."""
+
     scheme: str
     scenario: str
+    rate: float
+    faulty_share: float
     parts: list[RunResult] = field(default_factory=list)
     cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -99,7 +103,7 @@ class BalancedClient:
 
 
 def fault_schedule(
-    config: ClusterBenchConfig, workers: Sequence[str], seed: int
+    config: ClusterBenchConfig, workers: Sequence[str], seed: int, faulty_share: float
 ) -> list[tuple[float, str, str, float]]:
     """(start, kind, worker, seconds) of whole-server faults over a run, one at a time, about ``faulty_share`` of
     the time; kind is ``pause`` or ``throttle``."""
@@ -113,7 +117,7 @@ def fault_schedule(
         if at + seconds > config.duration_s - 0.5:
             return events
         events.append((at, kind, str(rng.choice(list(workers))), seconds))
-        at += seconds / config.faulty_share * float(rng.uniform(0.5, 1.5))
+        at += seconds / faulty_share * float(rng.uniform(0.5, 1.5))
 
 
 def _cluster_cpu_s(cluster: LocalCluster) -> float:
@@ -127,10 +131,13 @@ def _cluster_cpu_s(cluster: LocalCluster) -> float:
 
 
 class ClusterBench:
+    """One local cluster and the cells run on it; ``run`` is the benchmark's own grid, ``run_cells`` any other."""
+
     def __init__(self, config: ClusterBenchConfig) -> None:
         self.config = config
         self.queries = np.random.default_rng(config.seed).random((256, 1, 8, 8), dtype=np.float32)
-        self.hedge_delay_s: float | None = None
+        self.hedge_delays_s: dict[float, float] = {}
+        """Per offered rate: ``equal``'s fault-free p95 there, the delay of ``hedged``'s backup copies."""
         self.cluster = LocalCluster(
             config.out / "cluster",
             workers=config.workers,
@@ -181,23 +188,26 @@ class ClusterBench:
             timeout_s=config.timeout_s,
         )  # fmt: skip
 
-    async def _load(self, scheme: str, duration_s: float, seed: int) -> RunResult:
-        arrivals = poisson_arrivals(self.config.rate, duration_s, seed)
-        hedge = self.hedge_delay_s if scheme == "hedged" else None
+    async def _load(self, scheme: str, rate: float, duration_s: float, seed: int) -> RunResult:
+        arrivals = poisson_arrivals(rate, duration_s, seed)
+        hedge = self.hedge_delays_s[rate] if scheme == "hedged" else None
         async with self._client(scheme) as client:
             return await run_open_loop(
-                client, self.queries, arrivals, rate=self.config.rate, duration_s=duration_s, seed=seed,
-                hedge_delay_s=hedge,
-            )  # fmt: skip
+                client, self.queries, arrivals, rate=rate, duration_s=duration_s, seed=seed, hedge_delay_s=hedge
+            )
 
-    def _faults(self, scenario: str, seed: int) -> list[tuple[float, str, str, float]]:
-        return [] if scenario == "no-fault" else fault_schedule(self.config, self.cluster.names("f"), seed)
+    def _faults(self, cell: BenchCell, seed: int) -> list[tuple[float, str, str, float]]:
+        if cell.scenario == "no-fault":
+            return []
+        return fault_schedule(self.config, self.cluster.names("f"), seed, cell.faulty_share)
 
-    async def run_cell(self, cell: _Cell, round_: int) -> None:
+    async def run_cell(self, cell: BenchCell, round_: int) -> None:
+        """One round of ``cell``: the same arrivals and faults as every other cell of its rate, faulty share and
+        round get (the seed is the round's)."""
         config = self.config
         seed = config.seed + 1000 * round_
-        await self._load(cell.scheme, config.warmup_s, seed + 7919)
-        schedule = self._faults(cell.scenario, seed)
+        await self._load(cell.scheme, cell.rate, config.warmup_s, seed + 7919)
+        schedule = self._faults(cell, seed)
         timers, faults = [], []
 
         def inject(kind: str, worker: str, seconds: float) -> None:
@@ -218,7 +228,7 @@ class ClusterBench:
         for timer in timers:
             timer.start()
         try:
-            result = await self._load(cell.scheme, config.duration_s, seed)
+            result = await self._load(cell.scheme, cell.rate, config.duration_s, seed)
         finally:
             for timer in timers:
                 timer.cancel()
@@ -228,20 +238,30 @@ class ClusterBench:
         cell.wall_s += time.monotonic() - started
         cell.fault_log += faults
         cell.parts.append(result)
-        if cell.scheme == "equal" and cell.scenario == "no-fault" and self.hedge_delay_s is None:
-            self.hedge_delay_s = float(np.percentile(result.latencies, 95))
+        if cell.scheme == "equal" and cell.scenario == "no-fault" and cell.rate not in self.hedge_delays_s:
+            self.hedge_delays_s[cell.rate] = float(np.percentile(result.latencies, 95))
 
     def run(self) -> list[CellStats]:
+        """The benchmark's cells at its one rate: every scheme without and with faults, ``equal`` fault-free first
+        (hedging's delay is its p95), in the same order every round."""
         config = self.config
-        cells = [_Cell(scheme, scenario) for scenario in SCENARIOS for scheme in SCHEMES]
-        with self.cluster:
-            for round_ in range(config.rounds):
-                for cell in cells:
-                    logger.info("round %d: %s / %s", round_ + 1, cell.scenario, cell.scheme)
-                    asyncio.run(self.run_cell(cell, round_))
-        return [self._stats(cell) for cell in cells]
+        cells = [
+            BenchCell(scheme, scenario, config.rate, config.faulty_share)
+            for scenario in SCENARIOS
+            for scheme in SCHEMES
+        ]
+        self.run_cells([(round_, cell) for round_ in range(config.rounds) for cell in cells])
+        return [self.stats(cell) for cell in cells]
 
-    def _stats(self, cell: _Cell) -> CellStats:
+    def run_cells(self, order: Sequence[tuple[int, BenchCell]]) -> None:
+        """Starts the cluster once and runs each (round, cell) of ``order`` in turn; a ``hedged`` cell needs a
+        fault-free ``equal`` cell of its rate before it."""
+        with self.cluster:
+            for round_, cell in order:
+                logger.info("round %d: %s / %s at %g requests/s", round_ + 1, cell.scenario, cell.scheme, cell.rate)
+                asyncio.run(self.run_cell(cell, round_))
+
+    def stats(self, cell: BenchCell) -> CellStats:
         merged = _merge(cell.parts)
         instances = self.config.workers + self.config.parity_workers
         return cell_stats(
@@ -294,6 +314,7 @@ def run_cluster_bench(config: ClusterBenchConfig) -> Path:
     config.out.mkdir(parents=True, exist_ok=True)
     bench = ClusterBench(config)
     cells = bench.run()
+    hedge_delay_s = bench.hedge_delays_s.get(config.rate)
     checks = check_targets(cells, faulty="faults")
     header = [
         f"Cluster: {config.workers} F workers, {config.parity_workers} parity workers (serving F too, for the "
@@ -302,7 +323,7 @@ def run_cluster_bench(config: ClusterBenchConfig) -> Path:
         f"{config.pause_s[1]:g} s and throttling to {config.throttle_cpus:g} CPU for {config.throttle_s[0]:g}-"
         f"{config.throttle_s[1]:g} s ({config.throttle_share:.0%} of the faults), one worker faulty "
         f"{config.faulty_share:.0%} of the time; hedge delay "
-        f"{1000 * (bench.hedge_delay_s or 0):.1f} ms (equal's fault-free p95). The servers share this machine's "
+        f"{1000 * (hedge_delay_s or 0):.1f} ms (equal's fault-free p95). The servers share this machine's "
         "CPUs: the failure domains are processes, not machines, so the numbers are relative.",
     ]
     errors: dict[str, int] = {}
@@ -315,7 +336,7 @@ def run_cluster_bench(config: ClusterBenchConfig) -> Path:
         config.out / "summary.json",
         {
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-            "hedge_delay_ms": None if bench.hedge_delay_s is None else 1000 * bench.hedge_delay_s,
+            "hedge_delay_ms": None if hedge_delay_s is None else 1000 * hedge_delay_s,
             "cells": [cell.as_json() for cell in cells],
             "targets": [check.as_json() for check in checks],
         },
