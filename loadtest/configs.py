@@ -178,6 +178,30 @@ class ClusterBenchConfig:
 
 
 @dataclass(frozen=True)
+class ClusterCrossoverConfig(ClusterBenchConfig):
+    """``parm cluster crossover``: the cluster bench's cluster, faults, cell length and rounds over a grid of offered
+    rates x shares of faulty time. The inherited single ``rate`` and ``faulty_share`` are not used: every cell takes
+    its own from ``rates`` and ``faulty_shares``."""
+
+    out: Path = Path("runs/cluster-crossover")
+    rates: tuple[float, ...] = (20.0, 50.0, 100.0)
+    faulty_shares: tuple[float, ...] = (0.05, 0.15, 0.3)
+    """Shares of the time one F worker is faulty (``ClusterBenchConfig.faulty_share``), one panel each."""
+
+    def __post_init__(self) -> None:
+        if not _distinct(self.rates) or any(rate <= 0 for rate in self.rates):
+            raise ConfigError(f"rates must be distinct and > 0 (at least one), got {self.rates}")
+        if not _distinct(self.faulty_shares) or any(not 0 < share < 1 for share in self.faulty_shares):
+            raise ConfigError(f"faulty shares must be distinct, in (0, 1) (at least one), got {self.faulty_shares}")
+        if self.rounds < 1 or self.duration_s <= 0:
+            raise ConfigError(f"rounds must be >= 1 and duration > 0, got {self.rounds}, {self.duration_s}")
+
+
+def _distinct(values: tuple[float, ...]) -> bool:
+    return bool(values) and len(set(values)) == len(values)
+
+
+@dataclass(frozen=True)
 class ClusterSoakConfig:
     out: Path = Path("runs/cluster-soak")
     repository: Path = Path("model_repository")

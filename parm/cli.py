@@ -13,7 +13,7 @@ from pathlib import Path
 from parm.backend.orchestrator import OrchestratorError
 from parm.errors import ParmError
 from parm.loadtest.cli import add_options, from_options
-from parm.loadtest.configs import ClusterBenchConfig, ClusterSoakConfig
+from parm.loadtest.configs import ClusterBenchConfig, ClusterCrossoverConfig, ClusterSoakConfig
 
 DEFAULT_REPOSITORY = Path("model_repository")
 
@@ -34,6 +34,15 @@ CLUSTER_SOAK_OPTIONS = (
     ("--out", "out", "soak.json, soak.md, the cluster's logs"),
     *CLUSTER_OPTIONS,
     ("--duration", "duration_s", "seconds of load (the default at the default rate: about 100,000 requests)"),
+)
+
+CLUSTER_CROSSOVER_OPTIONS = (
+    ("--out", "out", "crossover.json, crossover.md, crossover.png, the cluster's logs"),
+    *(option for option in CLUSTER_OPTIONS if option[1] != "rate"),
+    ("--rates", "rates", "offered loads, requests/s, comma-separated"),
+    ("--faulty-shares", "faulty_shares", "shares of the time one F worker is faulty, comma-separated"),
+    ("--duration", "duration_s", "seconds per cell and round"),
+    ("--rounds", "rounds", "interleaved rounds, each running every cell once in a shuffled order"),
 )
 
 
@@ -214,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         "soak", help="a long load on a local cluster under random whole-server stalls, kills and throttling"
     )
     add_options(soak, ClusterSoakConfig, CLUSTER_SOAK_OPTIONS)
+    crossover = cluster_actions.add_parser(
+        "crossover",
+        help="where hedging and coding cross over: their tails over offered load x fault rate on one local cluster",
+    )
+    add_options(crossover, ClusterCrossoverConfig, CLUSTER_CROSSOVER_OPTIONS)
 
     from parm.loadtest.cli import add_bench_parser, add_loadtest_parser, add_soak_parser
 
@@ -268,6 +282,11 @@ def _run(args: argparse.Namespace) -> int:
         from parm.loadtest.clusterbench import run_cluster_bench
 
         print(run_cluster_bench(from_options(ClusterBenchConfig, args)).read_text())
+        return 0
+    if args.command == "cluster" and args.action == "crossover":
+        from parm.loadtest.crossover import run_crossover
+
+        print(run_crossover(from_options(ClusterCrossoverConfig, args))["md"].read_text())
         return 0
     if args.command == "cluster" and args.action == "soak":
         from parm.loadtest.clustersoak import run_cluster_soak
