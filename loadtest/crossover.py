@@ -19,7 +19,6 @@ hedged's excludes 1, else a tie.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -34,8 +33,6 @@ from . import intervals
 from .clusterbench import BenchCell, ClusterBench
 from .configs import ClusterCrossoverConfig
 from .report import LAG_FLAG_MS, PERCENTILES, CellStats, percentile, write_summary
-
-logger = logging.getLogger(__name__)
 
 SCHEMES = ("equal", "hedged", "parm-k2")
 CODED, HEDGED = "parm-k2", "hedged"
