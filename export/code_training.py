@@ -25,9 +25,10 @@ from parm.backend.orchestrator import contract
 from parm.errors import ConfigError
 
 from .code_registry import Code, CodeShape, Decoder, Encoder, ParityKind, availability, get_code
+from .concat import tile_grid
 from .data import Dataset
 from .fsource import FSource, LoadedF
-from .models import PARITY_FAMILIES, MultiHead
+from .models import PARITY_FAMILIES, MultiHead, TileHeads, has_pooled_head
 from .onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
 from .train import Augmentation, TrainConfig, TrainResult, train_learned_code, train_parity
 
@@ -236,13 +237,21 @@ def build_code(config: CodeConfig, f: LoadedF) -> tuple[Encoder, Decoder]:
 
 def parity_builder(config: CodeConfig, f: LoadedF) -> Callable[[], nn.Module]:
     """Builds one fresh parity model: F's architecture by ``fsource``'s rule, with k heads where the code's parity
-    answers in another shape than F (``Code.parity_output``, the collage)."""
+    answers in another shape than F (``Code.parity_output``, the collage): a CNN with a global-average-pool head
+    gets it split per tile (``models.TileHeads``), any other F its last linear layer widened (``models.MultiHead``)."""
     make = f.parity_architecture(config.parity_arch, config.width)
     shape = code_shape(config, f)
     out = get_code(config.code).parity_output_shape(shape)
     if out == shape.output_shape:
         return make
-    return lambda: MultiHead(make(), out)
+
+    def build() -> nn.Module:
+        net = make()
+        if has_pooled_head(net) and len(shape.query_shape) == 3:
+            return TileHeads(net, shape.query_shape, tile_grid(config.k), out)
+        return MultiHead(net, out)
+
+    return build
 
 
 def check_applies(config: CodeConfig, f: LoadedF) -> None:

@@ -25,6 +25,11 @@ from .code_registry import Code, CodeShape, Encoder, ParityKind, SubtractionDeco
 TILED_KS = (2, 3, 4)
 
 
+def tile_grid(k: int) -> tuple[int, int]:
+    """(rows, columns) of the tiling of k images: side by side for 2, a 2x2 grid for 3 and 4."""
+    return (1, 2) if k == 2 else (2, 2)
+
+
 class TiledEncoder(Encoder):
     """``queries`` [k, B, *q] -> ``parity_queries`` [1, B, *q]: the k images downsampled and tiled into one."""
 

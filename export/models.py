@@ -273,6 +273,61 @@ class MultiHead(nn.Module):
         return self.net(x).unflatten(-1, self.shape)
 
 
+class TileHeads(nn.Module):
+    """A CNN's convolutional trunk with its global average pool split per tile of a collage and one linear head per
+    tile: [B, C, H, W] tiled image -> [B, k, *o], about the CNN's own cost.
+
+    A collage parity model must keep the tiles apart: a global average pool mixes the features of every tile into
+    one vector before any head reads it. Here the trunk's feature map is averaged over each tile's region of a
+    ``grid`` (rows, columns: the tiling's own; tiles in row-major order, the first k used), the regions rounded
+    outwards as adaptive pooling does, and head i reads tile i only. Built from a network with ``features`` (the
+    trunk) and ``head`` = average pool to 1x1, flatten, linear (``SmallResNet``, ``DeepDigitsCNN``); the head's
+    linear layer gives the size of the new heads, freshly initialised.
+    """
+
+    def __init__(
+        self, net: nn.Module, image_shape: tuple[int, ...], grid: tuple[int, int], shape: tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        if not has_pooled_head(net):
+            raise ConfigError(f"{type(net).__name__} has no global-average-pool head to split per tile")
+        k, outputs = shape[0], math.prod(shape[1:])
+        linear = net.head[-1]
+        self.features, self.shape = net.features, tuple(shape)
+        with torch.no_grad():
+            _, _, height, width = self.features(torch.zeros(1, *image_shape)).shape
+        rows, cols = grid
+        self.regions = [(_span(i, rows, height), _span(j, cols, width)) for i in range(rows) for j in range(cols)][:k]
+        self.weight = nn.Parameter(torch.empty(k, linear.in_features, outputs))
+        self.bias = nn.Parameter(torch.zeros(k, outputs))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        tiles = torch.stack([features[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for (r0, r1), (c0, c1) in self.regions], 1)
+        answers = torch.einsum("bkc,kco->bko", tiles, self.weight) + self.bias
+        return answers.unflatten(-1, self.shape[1:])
+
+
+def has_pooled_head(net: nn.Module) -> bool:
+    """Whether ``net`` is a trunk (``features``) and a head of global average pool, flatten, linear."""
+    head = getattr(net, "head", None)
+    return (
+        isinstance(getattr(net, "features", None), nn.Module)
+        and isinstance(head, nn.Sequential)
+        and len(head) == 3
+        and isinstance(head[0], nn.AdaptiveAvgPool2d)
+        and head[0].output_size in (1, (1, 1))
+        and isinstance(head[1], nn.Flatten)
+        and isinstance(head[2], nn.Linear)
+    )
+
+
+def _span(index: int, parts: int, size: int) -> tuple[int, int]:
+    """The ``index``-th of ``parts`` regions of ``size`` cells, rounded outwards (adaptive pooling's rule)."""
+    return index * size // parts, -(-(index + 1) * size // parts)
+
+
 PARITY_FAMILIES = ("cnn", "mlp")
 
 

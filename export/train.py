@@ -209,7 +209,13 @@ def _fit(
             saved = torch.load(checkpoint, weights_only=False)
             if saved["config"] != dataclasses.asdict(cfg):
                 raise ConfigError(f"{checkpoint}: saved for config {saved['config']}, this run is {cfg}")
-            model.load_state_dict(saved["model"])
+            try:
+                model.load_state_dict(saved["model"])
+            except RuntimeError as error:
+                raise ConfigError(
+                    f"{checkpoint}: saved for another network than this run's ({type(model).__name__}); delete it to "
+                    f"train afresh ({str(error).splitlines()[0]})"
+                ) from error
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             generator.set_state(saved["generator"])

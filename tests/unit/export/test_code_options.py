@@ -69,3 +69,18 @@ def test_selection_by_reconstruction_keeps_the_epoch_nearest_the_targets() -> No
     assert result.best_val_metric <= 0  # minus the validation MSE
     assert result.best_val_metric == max(h.val_metric for h in result.history)
     assert result.steps == 4 * (250 // 32 + (250 % 32 > 0))  # an epoch: one group per k training queries
+
+
+def test_a_checkpoint_of_another_network_is_refused_by_name(tmp_path) -> None:
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Flatten(), nn.Linear(16, 4, bias=False)).eval()
+    x = torch.randn(200, 1, 4, 4)
+    train, val = Dataset(x[:160].numpy()), Dataset(x[160:].numpy())
+    code = get_code("sum")
+    encoder, decoder = code.encoder(CodeShape(2)), code.decoder(CodeShape(2))
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-2)
+    checkpoint = tmp_path / "parity.pt"
+    train_parity(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), f, train, val, cfg, 2, encoder, decoder, checkpoint)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match="saved for another network"):
+        train_parity(other, f, train, val, cfg, 2, encoder, decoder, checkpoint)

@@ -13,7 +13,7 @@ from parm.export.code_training import CodeConfig
 from parm.export.collage import CollageDecoder, CollageEncoder
 from parm.export.data import Dataset
 from parm.export.degraded import degraded_accuracy
-from parm.export.models import MultiHead
+from parm.export.models import MultiHead, TileHeads
 from parm.export.train import TrainConfig, train_parity
 
 IMAGE = (1, 8, 8)
@@ -100,3 +100,30 @@ def test_a_parity_model_learns_an_f_that_survives_the_tiling(k: int) -> None:
 class _RollHeads(nn.Module):
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
         return heads.roll(1, dims=1)
+
+
+class _PooledCnn(nn.Module):
+    """A trunk of 1x1 convolutions (each output cell sees only its own pixel) and a global-average-pool head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 6, kernel_size=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_tile_heads_read_their_own_tile_only(k: int) -> None:
+    """Changing member i's tile of the collage changes head i's answer and no other head's."""
+    torch.manual_seed(0)
+    heads = TileHeads(_PooledCnn(), IMAGE, (1, 2) if k == 2 else (2, 2), (k, 10)).eval()
+    encoder = CollageEncoder(k, IMAGE)
+    members = torch.rand(k, 3, *IMAGE)
+    with torch.no_grad():
+        before = heads(encoder(members)[0])
+        for slot in range(k):
+            changed = members.clone()
+            changed[slot] = torch.rand(3, *IMAGE)
+            after = heads(encoder(changed)[0])
+            moved = (after - before).abs().amax(dim=(0, 2))
+            assert moved[slot] > 1e-3
+            assert torch.all(moved[[i for i in range(k) if i != slot]] < 1e-6)

@@ -15,7 +15,7 @@ import torch
 from parm.export.code_training import CodeConfig
 from parm.export.datasets import idx_bytes
 from parm.export.evaluate import evaluate_codes
-from parm.export.models import BaseMLP, MultiHead, SmallResNet
+from parm.export.models import BaseMLP, MultiHead, SmallResNet, TileHeads
 from parm.export.onnx_export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
 from parm.export.pipeline import DataSpec, FSpec, RepositoryTarget, builtin_f, run_export
 
@@ -72,8 +72,14 @@ def test_the_default_set_skips_what_cannot_apply_with_the_reason(idx_folder: Pat
 
 @pytest.mark.parametrize(
     "model",
-    [BaseMLP(), SmallResNet(), MultiHead(SmallResNet(), (3, 10)), MultiHead(BaseMLP(), (4, 10))],
-    ids=["base-mlp", "small-resnet", "resnet-3-heads", "mlp-4-heads"],
+    [
+        BaseMLP(),
+        SmallResNet(),
+        TileHeads(SmallResNet(), (1, 28, 28), (2, 2), (3, 10)),
+        TileHeads(SmallResNet(), (1, 28, 28), (1, 2), (2, 10)),
+        MultiHead(BaseMLP(), (4, 10)),
+    ],
+    ids=["base-mlp", "small-resnet", "resnet-3-tile-heads", "resnet-2-tile-heads", "mlp-4-heads"],
 )
 def test_new_networks_round_trip_to_onnx_and_torchscript(model: torch.nn.Module, tmp_path: Path) -> None:
     model.eval()
