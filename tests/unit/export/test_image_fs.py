@@ -88,3 +88,16 @@ def test_new_networks_round_trip_to_onnx_and_torchscript(model: torch.nn.Module,
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
     verify_onnx(export_onnx(model, example, ["input"], ["logits"], axes, tmp_path / "m.onnx"), model, fresh)
     verify_torchscript(export_torchscript(model, example, tmp_path / "m.pt"), model, fresh)
+
+
+def test_parm_eval_names_a_built_in_f_and_the_image_shape(idx_folder: Path, tmp_path: Path, capsys) -> None:
+    from parm.cli import main
+
+    argv = ["eval", "--f", "mlp", "--data", str(idx_folder), "--codes", "collage:2", "concat:2", "--quick"]
+    argv += ["--no-baselines", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+    assert main([*argv, "--image-shape", "1,28,28"]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "BaseMLP(in_features=784, classes=10) trained on" in report and "| Collage |" in report
+    with pytest.raises(SystemExit):
+        main([*argv, "--image-shape", "28x28"])
+    assert "expected C,H,W" in capsys.readouterr().err
