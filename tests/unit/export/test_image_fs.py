@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 
+from parm.cli import main
 from parm.export.code_training import CodeConfig
 from parm.export.datasets import idx_bytes
 from parm.export.evaluate import evaluate_codes
@@ -91,8 +92,6 @@ def test_new_networks_round_trip_to_onnx_and_torchscript(model: torch.nn.Module,
 
 
 def test_parm_eval_names_a_built_in_f_and_the_image_shape(idx_folder: Path, tmp_path: Path, capsys) -> None:
-    from parm.cli import main
-
     argv = ["eval", "--f", "mlp", "--data", str(idx_folder), "--codes", "collage:2", "concat:2", "--quick"]
     argv += ["--no-baselines", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
     assert main([*argv, "--image-shape", "1,28,28"]) == 0
