@@ -80,6 +80,13 @@ def _add_code(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill", type=float, default=0.0, help="weight of the distillation term in parity training (default 0)"
     )
+    parser.add_argument(
+        "--parity-loss",
+        choices=["mse", "kl"],
+        default="mse",
+        help="parity training loss: MSE (ParM, default) or, for the collage's per-member heads, KL to F's softmax "
+        "(better on Fashion-MNIST's validation split)",
+    )
     parser.add_argument("--epochs", type=int, help="training epochs of the code (default: the code's own)")
 
 

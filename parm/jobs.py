@@ -171,6 +171,7 @@ def _code_from_args(args: argparse.Namespace) -> CodeConfig:
         args.distill,
         train=train,
         image_shape=args.image_shape,
+        parity_loss=args.parity_loss,
     )
 
 
