@@ -11,8 +11,6 @@ One repository holds three deployments of a bias-free linear F (ONNX):
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,8 @@ from parm.export.fsource import torch_f
 from parm.export.repository import CodedDeployment, write_repository
 from parm.loadtest import faults
 from parm.security import admin_headers
+
+from .pausing import answers_while_paused
 
 pytestmark = pytest.mark.integration
 
@@ -115,17 +115,7 @@ def test_a_paused_f_instance_is_rebuilt_around_by_the_chosen_code(server, querie
     client = grpcclient.InferenceServerClient(server.grpc_url)
     _warm_up(client, name, queries[0])
     pid = faults.find_instance_pids(server.pid, name)[f"{name}_0_0"]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        pause = faults.pause(pid, max_seconds=0.8)
-        try:
-            futures = [pool.submit(_infer, client, f"{name}_coded", x) for x in queries]
-            results = [future.result(timeout=30) for future in futures]
-            answered_while_paused = pause.active
-        finally:
-            pause.undo()
-    assert answered_while_paused, "every request was answered while the F instance was still paused"
-    time.sleep(0.2)
-    flags = [bool(r.as_numpy(RECONSTRUCTED_OUTPUT).all()) for r in results]
+    results, flags = answers_while_paused([pid], lambda x: _infer(client, f"{name}_coded", x), queries)
     assert any(flags), "the paused instance held a request: it must have been rebuilt and flagged"
     for result, x, flag in zip(results, queries, flags, strict=True):
         truth = _infer(client, name, x).as_numpy("logits")
@@ -146,18 +136,7 @@ def test_with_r_2_one_paused_parity_model_does_not_hold_back_a_rebuild(server, q
     f_pid = faults.find_instance_pids(server.pid, name)[f"{name}_0_0"]
     parity_pids = list(faults.find_instance_pids(server.pid, f"{name}_parity_1").values())
     assert parity_pids, "the second parity model has an instance"
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        pauses = [faults.pause(pid, max_seconds=0.8) for pid in (f_pid, *parity_pids)]
-        try:
-            futures = [pool.submit(_infer, client, f"{name}_coded", x) for x in queries]
-            results = [future.result(timeout=30) for future in futures]
-            answered_while_paused = all(pause.active for pause in pauses)
-        finally:
-            for pause in pauses:
-                pause.undo()
-    assert answered_while_paused, "a request waited for a paused instance to resume"
-    time.sleep(0.2)
-    flags = [bool(r.as_numpy(RECONSTRUCTED_OUTPUT).all()) for r in results]
+    results, flags = answers_while_paused([f_pid, *parity_pids], lambda x: _infer(client, f"{name}_coded", x), queries)
     assert any(flags), "the paused F instance held a request: it must have been rebuilt and flagged"
     for result, x in zip(results, queries, strict=True):
         np.testing.assert_allclose(result.as_numpy("logits"), _infer(client, name, x).as_numpy("logits"), atol=1e-4)

@@ -10,7 +10,6 @@ requests come back rebuilt, flagged and equal to F's answers.
 
 from __future__ import annotations
 
-import concurrent.futures
 import threading
 import time
 from collections import Counter
@@ -31,6 +30,8 @@ from parm.export.fsource import torch_f
 from parm.export.repository import CodedDeployment, write_repository
 from parm.loadtest import faults
 from parm.loadtest.prometheus import metric_sum, scrape
+
+from .pausing import answers_while_paused
 
 pytestmark = pytest.mark.integration
 
@@ -153,17 +154,7 @@ def test_a_paused_f_instance_is_rebuilt_around_by_the_collage_heads_exactly(serv
     for model in (name, f"{name}_parity", coded):  # first calls' set-up must not eat into the pause
         _infer(client, model, queries[0])
     pid = faults.find_instance_pids(server.pid, name)[f"{name}_0_0"]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        pause = faults.pause(pid, max_seconds=0.8)
-        try:
-            futures = [pool.submit(_infer, client, coded, x) for x in queries]
-            results = [future.result(timeout=30) for future in futures]
-            answered_while_paused = pause.active
-        finally:
-            pause.undo()
-    assert answered_while_paused, "every request was answered while the F instance was still paused"
-    time.sleep(0.2)
-    flags = [bool(r.as_numpy(RECONSTRUCTED_OUTPUT).all()) for r in results]
+    results, flags = answers_while_paused([pid], lambda x: _infer(client, coded, x), queries)
     assert any(flags), "the paused instance held a request: it must have been rebuilt and flagged"
     for result, x in zip(results, queries, strict=True):
         np.testing.assert_allclose(result.as_numpy("logits"), _infer(client, name, x).as_numpy("logits"), atol=1e-5)
