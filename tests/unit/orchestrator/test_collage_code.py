@@ -55,9 +55,13 @@ class CollageParity:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.paused: asyncio.Event | None = None
+        """When set to an Event, every call waits for it, so F's answers come first."""
 
     async def infer(self, inputs, output_names, on_outputs=None, timeout=None):
         self.calls += 1
+        if self.paused is not None:
+            await self.paused.wait()
         tiled = inputs["x"]
         heads = [linear_f(np.repeat(tiled[..., i : i + 1], K, axis=-1)) for i in range(K)]
         return {"y": np.stack(heads, axis=1)}
@@ -128,9 +132,11 @@ def test_a_paused_member_is_answered_by_its_collage_head_exactly_and_once(batch)
         np.testing.assert_array_equal(answer.outputs["y"], linear_f(h.queries[slow]["x"]))
         assert (await h.answer(fast)).source is AnswerSource.ORIGINAL
         gate.set()
+        h.parity.paused = parity_gate = asyncio.Event()  # decode_after_ms=0: a quick parity would race F's answers
         later = [h.submit(0.3, batch), h.submit(0.4, batch)]
         for request in later:
             assert (await h.answer(request)).source is AnswerSource.ORIGINAL, "service goes on after the pause"
+        parity_gate.set()
         await h.settle()
         h.assert_exactly_once()
         assert h.parity.calls >= 1 and h.decoder.calls >= 1

@@ -79,8 +79,9 @@ def test_late_calls_that_come_back_in_order_cost_no_parity():
         assert h.parity.calls == 0
         assert h.dispatcher.stats.parities_withheld == 3
         h.f.paused.set()
-        for request in requests:
-            assert (await h.answer(request)).source is AnswerSource.ORIGINAL
+        for request in requests:  # released, F's answers race on its threads: a late partner may be rebuilt now
+            answer = await h.answer(request)
+            np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[request]["x"]), rtol=1e-5, atol=1e-5)
         await h.settle()
         h.assert_exactly_once()
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parm.backend.orchestrator import AnswerSource
+from parm.backend.orchestrator.groups import ParityReason
 from parm.backend.orchestrator.workers import (
     MAX_DOUBLINGS,
     PROBE_FAILURES_TO_EJECT,
@@ -203,7 +204,8 @@ def test_the_calls_an_ejected_worker_holds_are_rebuilt_at_once() -> None:
 def _two_worker_harness(**config):
     stuck, healthy = LinearF("f"), LinearF("f")
     stuck.paused = asyncio.Event()
-    h = Harness(request_timeout_ms=2000.0, decode_after_ms=1000.0, decode_after_quantile=0.0, **config)
+    config = {"request_timeout_ms": 2000.0, "decode_after_ms": 1000.0, "decode_after_quantile": 0.0, **config}
+    h = Harness(**config)
     workers = [
         Worker("w0", WorkerRole.F, {"f": stuck}, Health(1.0, 3)),
         Worker("w1", WorkerRole.F, {"f": healthy}, Health(1.0, 3)),
@@ -219,13 +221,17 @@ def test_a_straggler_is_hedged_on_another_worker_only_while_the_workers_have_spa
     async def scenario() -> None:
         h, stuck, healthy, workers = _two_worker_harness(hedge_below_load=threshold)
         loop = asyncio.get_running_loop()
+        if threshold > 0:  # the hedge races the rebuild: a parity held back until the hedge answers decides it
+            h.parity.paused = parity_gate = asyncio.Event()
         first, second = h.submit(0.1), h.submit(0.2)
         await h.answer(second)
         calls = healthy.calls
         h.dispatcher.f_workers.failed(workers[0], loop.time(), "test")
         answer = await h.answer(first, timeout=0.5)
+        await h.settle()  # the hedge's win is counted on the loop, after its answer went out from F's thread
         stats = h.dispatcher.stats
         if threshold > 0:
+            parity_gate.set()
             assert answer.source is AnswerSource.ORIGINAL, "the hedge's answer is F's own"
             assert healthy.calls == calls + 1 and (stats.hedges, stats.hedges_won) == (1, 1)
         else:
@@ -249,6 +255,39 @@ def test_no_hedge_while_the_workers_are_busy() -> None:
         answer = await h.answer(first, timeout=0.5)
         workers[1].outstanding -= 3
         assert answer.source is AnswerSource.REBUILT and h.dispatcher.stats.hedges == 0
+        stuck.paused.set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run_checked(scenario())
+
+
+@pytest.mark.parametrize("threshold", [0.0, 5.0])
+def test_a_late_member_is_hedged_when_it_turns_late_instead_of_spending_parity_while_the_workers_have_spare_capacity(
+    threshold,
+) -> None:
+    """No straggler test fires (no later answers overtake it): at spare capacity the late member's hedge answers it
+    with F's own answer and no parity is computed; without hedging the parity budget buys its rebuild."""
+
+    async def scenario() -> None:
+        h, stuck, healthy, _ = _two_worker_harness(
+            hedge_below_load=threshold, decode_after_ms=30.0, straggler_overtakes=100, parity_budget=1.0
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first, second = h.submit(0.1), h.submit(0.2)
+        assert (await h.answer(second)).source is AnswerSource.ORIGINAL
+        answer = await h.answer(first, timeout=0.5)
+        assert loop.time() - started >= 0.03, "nothing happens before the member is late"
+        np.testing.assert_allclose(answer.outputs["y"], (await healthy.infer(h.queries[first], ["y"]))["y"], rtol=1e-4)
+        await h.settle()  # the hedge's win is counted on the loop, after its answer went out from F's thread
+        stats = h.dispatcher.stats
+        if threshold > 0:
+            assert answer.source is AnswerSource.ORIGINAL and (stats.hedges, stats.hedges_won) == (1, 1)
+            assert h.parity.calls == 0 and sum(stats.parities.values()) == 0
+        else:
+            assert answer.source is AnswerSource.REBUILT and stats.hedges == 0
+            assert stats.parities[ParityReason.BUDGET] == 1
         stuck.paused.set()
         await h.settle()
         h.assert_exactly_once()

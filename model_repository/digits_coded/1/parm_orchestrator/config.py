@@ -96,11 +96,12 @@ class OrchestratorSettings:
     is sent without spending budget (``budget``)."""
     parity_cooldown_ms: float = _milliseconds(5000.0)
     hedge_below_load: float = _bounded(0.0, low=0.0)
-    """A straggler's query also goes to a second F worker (a hedge, racing its rebuild) while the F workers have
-    fewer than this many calls outstanding each, on average: with spare capacity a second F call is cheap and its
-    answer is F's own, and under load it would only lengthen the queues (hedging collapses at 100 req/s on one
-    2-core server). 0: never, the default, since on one server every hedge competes with F for the same CPUs; a
-    gateway with dedicated workers: about 1."""
+    """A late member's query (unanswered after ``decode_after``, or a straggler) also goes to a second F worker (a
+    hedge) while the F workers have fewer than this many calls outstanding each, on average: with spare capacity a
+    second F call is cheap and its answer is F's own, and under load it would only lengthen the queues (hedging
+    collapses at 100 req/s on one 2-core server). A hedged late member spends no parity budget; one that turns out a
+    straggler gets its parity, and the rebuild races the hedge. 0: never, the default, since on one server every
+    hedge competes with F for the same CPUs; a gateway with dedicated workers: about 1."""
     bls_threads: int = _count(64)
     inline_code: bool = True
     """With ``code_weights``: encode and decode in process (True) or through the code models (False)."""

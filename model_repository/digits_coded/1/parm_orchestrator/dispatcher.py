@@ -281,8 +281,14 @@ class CodedDispatcher:
         if any(member.straggler for member in unanswered):
             self._send_parity(group, ParityReason.STRAGGLER)
             return
-        if not any(member.late(now) for member in unanswered):
+        late = [member for member in unanswered if member.late(now)]
+        if not late:
             self._check_when_due(group, unanswered)  # members arrive apart: the next one's due time
+            return
+        if self._hedge_late(late):  # F's own answers are on their way: the parity waits for a straggler
+            on_time = [member for member in unanswered if not member.late(now)]
+            if on_time:
+                self._check_when_due(group, on_time)
             return
         # Else the parity could not rebuild them until F answers some; a member's answer tries again.
         if len(unanswered) <= group.r and self._parity_in_flight < self._config.max_parity_in_flight:
@@ -351,6 +357,14 @@ class CodedDispatcher:
                 self._parity_if_still_needed(group)
             else:
                 self._try_decode(group)
+
+    def _hedge_late(self, late: list[Member]) -> bool:
+        """Hedges every late member while the workers have spare capacity: at low load a second F call answers a
+        member stuck on a slow worker at F's own latency, while a straggler is only known after later answers
+        overtake it, which at a few requests a second takes longer than F. True when every one is hedged."""
+        for member in late:
+            self._maybe_hedge(member)
+        return all(member.hedged for member in late)
 
     def _maybe_hedge(self, member: Member) -> None:
         """Sends a straggler's query to a second F worker too while the workers have spare capacity

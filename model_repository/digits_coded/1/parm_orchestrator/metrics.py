@@ -123,7 +123,7 @@ def _counter_specs() -> list[_CounterSpec]:
         specs.append(
             _CounterSpec(
                 "parm_hedges_total",
-                "Stragglers whose query also went to a second F worker (sent), and those answered by it (won)",
+                "Late members whose query also went to a second F worker (sent), and those answered by it (won)",
                 {"outcome": outcome},
                 lambda s, field=field: getattr(s, field),
             )

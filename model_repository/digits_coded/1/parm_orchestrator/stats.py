@@ -31,11 +31,11 @@ class DispatcherStats:
     parities: dict[ParityReason, int] = field(default_factory=lambda: dict.fromkeys(ParityReason, 0))
     """Groups whose parity was computed, by why."""
     parities_withheld: int = 0
+    """Groups with a late member that got no parity when it turned late: no straggler, and the budget was empty."""
     hedges: int = 0
-    """Stragglers whose query also went to a second F worker (``hedge_below_load``)."""
+    """Late members whose query also went to a second F worker (``hedge_below_load``)."""
     hedges_won: int = 0
     """Of those, requests answered by the hedge (F's own answer, before the rebuild and the first call)."""
-    """Groups with a late member that got no parity when it turned late: no straggler, and the budget was empty."""
     group_members_real: int = 0
     group_members_filler: int = 0
     original_failures: int = 0
