@@ -4,7 +4,7 @@ One embedded Triton server serves the benchmark repository (``benchrepo``): the 
 models. For each offered rate and each fault scenario, every scheme runs in turn for the same duration, with the
 same Poisson arrival times (same seed), the same queries and the same fault schedule on instance 0 of the model it
 uses. Schemes (``schemes``): none, equal, hedged (a backup copy after ``hedge_delay_ms``, by default ``equal``'s
-fault-free p95 at that rate, measured in the same run), parm-k<K>, parm-eager and relay.
+fault-free p95 at that rate, measured in the same run), parm-k<K>, parm-eager, parm-hedged and relay.
 
 Scenarios: ``no-fault``, ``pause`` (SIGSTOP/SIGCONT), ``starve`` (cgroup CPU quota, or a co-located CPU hog where
 cgroups are not writable), ``kill`` (SIGKILL; the model is reloaded afterwards, since Triton does not restart a dead

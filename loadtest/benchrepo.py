@@ -11,6 +11,9 @@ export package's own training loops and exporters, and writes, next to the usual
 - ``deep_equal``: F alone with ``f_instances + parity_instances`` instances ("equal resources", also the target of
   hedged requests). F alone with fewer instances (no redundancy) is ``deep`` itself.
 - ``deep_coded_eager``: the k = 2 coded endpoint with ParM's eager parity policy, side by side with the default.
+- ``deep_coded_hedged``: the k = 2 coded endpoint that also hedges a late member on F while a free F instance is
+  likely (``hedge_below_load`` = F's instance count), side by side with the default (which never hedges on one
+  server).
 - ``deep_relay``: a Python-backend model that only relays each request to ``deep`` over BLS (``relay_model.py``):
   the floor of any orchestrator inside the Python backend.
 
@@ -48,6 +51,7 @@ logger = logging.getLogger(__name__)
 F_NAME = "deep"
 EQUAL_SUFFIX = "_equal"
 EAGER_SUFFIX = "_eager"
+HEDGED_SUFFIX = "_hedged"
 RELAY_SUFFIX = "_relay"
 RELAY_INSTANCES = 4
 """Enough relay processes that requests never queue for one at the benchmark's rates."""
@@ -75,8 +79,10 @@ class BenchRepository:
     f_inference_ms: float
     """F's median inference time, one query, one onnxruntime thread, measured at build time outside Triton."""
     coded_eager: str | None = None
-    relay_model: str | None = None
     """The first k's coded endpoint with ``parity_policy=eager`` (ParM's own policy), beside the default one."""
+    coded_hedged: str | None = None
+    """The first k's coded endpoint that hedges late members while F has spare instances, beside the default one."""
+    relay_model: str | None = None
     manifest: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -161,6 +167,7 @@ def load_bench_repository(root: Path) -> BenchRepository:
         parity_instances=manifest["spec"]["parity_instances"],
         f_inference_ms=manifest["f_inference_ms"],
         coded_eager=manifest.get("coded_eager"),
+        coded_hedged=manifest.get("coded_hedged"),
         relay_model=manifest.get("relay_model"),
         manifest=manifest,
     )
@@ -307,12 +314,16 @@ def write_bench_repository(root: Path, spec: BenchModelSpec) -> Path:
             coded_eager = deployment.names.coded + EAGER_SUFFIX
             eager = dataclasses.replace(deployment.settings, parity_policy=ParityPolicy.EAGER)
             write_coded_variant(repository, dataclasses.replace(deployment, settings=eager), coded_eager)
+            coded_hedged = deployment.names.coded + HEDGED_SUFFIX
+            hedging = dataclasses.replace(deployment.settings, hedge_below_load=float(spec.f_instances))
+            write_coded_variant(repository, dataclasses.replace(deployment, settings=hedging), coded_hedged)
             write_relay_model(repository, deployment, F_NAME + RELAY_SUFFIX)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest.update(
         equal_model=F_NAME + EQUAL_SUFFIX,
         coded=coded,
         coded_eager=coded_eager,
+        coded_hedged=coded_hedged,
         relay_model=F_NAME + RELAY_SUFFIX,
         f_models=f_models,
         input_name=DIGITS_INPUT,

@@ -109,8 +109,8 @@ BENCH_OPTIONS = (
     (
         "--schemes",
         "schemes",
-        "comma-separated, from none, equal, hedged, parm (every k), parm-k<K>, parm-eager, and relay (a BLS "
-        "pass-through to F: the Python backend's own cost, reported next to the orchestrator's)",
+        "comma-separated, from none, equal, hedged, parm (every k), parm-k<K>, parm-eager, parm-hedged, and relay "
+        "(a BLS pass-through to F: the Python backend's own cost, reported next to the orchestrator's)",
     ),
     ("--scenarios", "scenarios", "comma-separated, from no-fault, pause, starve, kill"),
     ("--sweep-rates", "sweep_rates", "further rates, comma-separated (e.g. 5,80)"),

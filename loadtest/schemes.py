@@ -4,7 +4,7 @@
 - ``equal``: F alone with ``f_instances + parity_instances`` instances, as many as the coded setup uses in total;
 - ``hedged``: ``equal``'s model, with a backup copy after a delay;
 - ``parm-k2`` (``parm-k3``, ...): the coded endpoint of that k; ``parm-eager``: the k = 2 endpoint with ParM's eager
-  parity policy;
+  parity policy; ``parm-hedged``: the k = 2 endpoint that also hedges late members while F has spare instances;
 - ``relay``: a Python-backend model that only relays to F over BLS (the floor of any orchestrator in the backend).
 """
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .benchrepo import BenchRepository
 
 SCHEME_NAMES = ("none", "equal", "hedged", "parm", "relay")
+VARIANTS = {"parm-eager": "coded_eager", "parm-hedged": "coded_hedged"}
+"""The k = 2 endpoint under other orchestrator settings -> the ``BenchRepository`` field naming its model."""
 
 
 class SchemeKind(Enum):
@@ -60,13 +62,12 @@ def resolve_schemes(repo: BenchRepository, names: Sequence[str]) -> list[Scheme]
                 raise ConfigError("scheme relay: the repository has no relay model (rebuild it)")
             f2 = repo.f_models[min(repo.f_models)]
             schemes.append(Scheme(name, SchemeKind.RELAY, repo.relay_model, f2, repo.f_instances))
-        elif name == "parm-eager":
-            if repo.coded_eager is None:
-                raise ConfigError("scheme parm-eager: the repository has no eager coded model (rebuild it)")
+        elif name in VARIANTS:
+            model = getattr(repo, VARIANTS[name])
+            if model is None:
+                raise ConfigError(f"scheme {name}: the repository has no such coded model (rebuild it)")
             k = min(repo.coded)
-            schemes.append(
-                Scheme(name, SchemeKind.PARM, repo.coded_eager, repo.f_models[k], repo.total_instances, True, k)
-            )
+            schemes.append(Scheme(name, SchemeKind.PARM, model, repo.f_models[k], repo.total_instances, True, k))
         elif name == "parm" or name.startswith("parm-k"):
             ks = sorted(repo.coded) if name == "parm" else [int(name.removeprefix("parm-k"))]
             for k in ks:
@@ -80,7 +81,8 @@ def resolve_schemes(repo: BenchRepository, names: Sequence[str]) -> list[Scheme]
                     )
                 )
         else:
-            raise ConfigError(f"unknown scheme {name!r}; known: {', '.join(SCHEME_NAMES)} (or parm-k<K>, parm-eager)")
+            known = ", ".join((*SCHEME_NAMES, "parm-k<K>", *VARIANTS))
+            raise ConfigError(f"unknown scheme {name!r}; known: {known}")
     order = {SchemeKind.EQUAL: 0, SchemeKind.HEDGED: 1, SchemeKind.NONE: 2, SchemeKind.RELAY: 3, SchemeKind.PARM: 4}
     unique = {s.name: s for s in schemes}
     return sorted(unique.values(), key=lambda s: (order[s.kind], s.k or 0, s.name))

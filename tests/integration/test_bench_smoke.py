@@ -23,7 +23,7 @@ from .conftest import BENCH_SPEC
 
 pytestmark = pytest.mark.integration
 
-SCHEMES = ("none", "equal", "hedged", "parm", "parm-eager", "relay")
+SCHEMES = ("none", "equal", "hedged", "parm", "parm-eager", "parm-hedged", "relay")
 SCENARIOS = ("no-fault", "pause")
 SWEEP_SCENARIOS = ("starve", "kill")
 
@@ -57,7 +57,7 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     cells = summary["cells"]
-    schemes = {"none", "equal", "hedged", "parm-k2", "parm-eager", "relay"}
+    schemes = {"none", "equal", "hedged", "parm-k2", "parm-eager", "parm-hedged", "relay"}
     expected = {(20.0, scenario, scheme) for scenario in SCENARIOS for scheme in schemes}
     expected |= {(10.0, scenario, scheme) for scenario in SWEEP_SCENARIOS for scheme in ("equal", "parm-k2")}
     assert {(c["rate"], c["scenario"], c["scheme"]) for c in cells} == expected
