@@ -2,7 +2,7 @@
 
 A gateway's coded model is the committed ``model_repository/digits_coded`` with two parameters more: ``f_workers`` and
 ``parity_workers``, the gRPC addresses of the Triton servers that serve F and the parity model, and the settings every
-gateway gets (``parm.cluster.GATEWAY_DEFAULTS``: stragglers hedged on another worker while the workers have spare
+gateway gets (``parm.cluster.GATEWAY_DEFAULTS``: late members hedged on another worker while the workers have spare
 capacity, as the local cluster's gateway does). Every other setting stays as ``parm export`` wrote it, so the deployed
 endpoint behaves as the one the tests and benchmarks measure; in particular ``parity_policy`` stays ``on_demand``:
 with k = 2 and three F workers, ``eager`` would send the one parity worker a parity for every two requests, 1.5 times

@@ -10,7 +10,7 @@ Schemes, all on the same servers (N F workers and R parity workers, which here s
 - ``relay``: through the gateway, a model that only relays each request to an F worker over gRPC
   (``grpc_relay_model.py``): the fair baseline for the gateway's hop;
 - ``parm-k2``: the coded endpoint on the gateway, F on the N F workers, parities on the R parity workers, a
-  straggler also hedged on another F worker while they have spare capacity (the gateway's default);
+  late member also hedged on another F worker while they have spare capacity (the gateway's default);
 - ``parm-k2-nohedge``: the same endpoint without hedging (``hedge_below_load`` 0): rebuilds only.
 
 Faults (scenario ``faults``): whole F-worker servers stopped (``ServerPause``) for ``pause_s`` seconds or throttled

@@ -2,7 +2,7 @@
 gateway's coded endpoint over offered load x fault rate, in one run on one local cluster.
 
 Hedging sends a backup copy of each slow request: cheap while the servers have spare capacity, a load of its own
-when they have none. The coded endpoint (``parm-k2``, the gateway's default) hedges a straggler on another F worker
+when they have none. The coded endpoint (``parm-k2``, the gateway's default) hedges a late member on another F worker
 only while the workers have spare capacity (``hedge_below_load``) and otherwise rebuilds it from a parity. Which
 tail is lower therefore depends on the load and on how often a worker is faulty; this sweep maps it.
 

@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 CLUSTER_FILE = "cluster.json"
 GATEWAY_DEFAULTS = {"hedge_below_load": "1"}
-"""Settings a gateway gets unless told otherwise: its workers are dedicated servers, so a straggler is hedged on
-another worker while they have spare capacity (``hedge_below_load``), racing its rebuild."""
+"""Settings a gateway gets unless told otherwise: its workers are dedicated servers, so a late member is hedged on
+another worker while they have spare capacity (``hedge_below_load``), racing its rebuild if it turns straggler."""
 ROLES = ("gateway", "f", "parity")
 
 
