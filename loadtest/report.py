@@ -259,6 +259,8 @@ class TargetCheck:
     """The value's 95% bootstrap interval (``intervals``); NaN for a count."""
     rounds: tuple[float, ...] = ()
     """The value within each interleaved round."""
+    scheme: str = ""
+    """The coded scheme the check is about; empty for a check of the whole run."""
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -267,6 +269,9 @@ class TargetCheck:
             out[key] = round(value, 4) if math.isfinite(value) else None
         out["rounds"] = list(self.rounds)
         return out
+
+
+P50, P999 = intervals.quantile(50.0), intervals.quantile(99.9)
 
 
 def _find(cells: Iterable[CellStats], rate: float, scenario: str, scheme: str) -> CellStats | None:
@@ -287,7 +292,7 @@ class _Ratio:
     """Met when the interval is at most ``bound`` (``at_least`` False) or at least it; None: a reference."""
     at_least: bool = False
 
-    def check(self, rate: float, detail: str) -> TargetCheck:
+    def check(self, rate: float, detail: str, scheme: str = "") -> TargetCheck:
         interval = intervals.ratio(self.numerator, self.denominator, self.top.latencies_ms, self.bottom.latencies_ms)
         rounds = intervals.per_round(
             self.numerator, self.denominator, self.top.round_latencies_ms, self.bottom.round_latencies_ms
@@ -296,13 +301,20 @@ class _Ratio:
         if self.bound is not None:
             met = interval.at_least(self.bound) if self.at_least else interval.at_most(self.bound)
         return TargetCheck(
-            rate, self.name, interval.value, self.target, met, detail, interval.low, interval.high, tuple(rounds)
-        )
+            rate, self.name, interval.value, self.target, met, detail, interval.low, interval.high, tuple(rounds),
+            scheme,
+        )  # fmt: skip
+
+
+def coded_schemes(cells: Iterable[CellStats]) -> list[str]:
+    """The coded schemes measured (``parm-k2`` first, then the other k and the variants), each checked on its own."""
+    names = {c.scheme for c in cells if c.scheme.startswith("parm")}
+    return sorted(names, key=lambda name: (name != "parm-k2", name))
 
 
 def check_targets(
     cells: Sequence[CellStats],
-    parm: str = "parm-k2",
+    parms: Sequence[str] | None = None,
     equal: str = "equal",
     hedged: str = "hedged",
     relay: str = "relay",
@@ -313,41 +325,18 @@ def check_targets(
     bootstrap interval and per-round values (``intervals``): under pauses, the coded endpoint cuts the p99.9 - p50
     gap >= 10x against equal resources, keeps its p99.9 within 1.5x of its own fault-free one and at most hedging's
     (for no more server CPU per request); with no fault its p50 is at most 1.05x the relay's (the Python backend's
-    own floor). Then the generator's lag, and requests lost or answered twice."""
-    p50, p999 = intervals.quantile(50.0), intervals.quantile(99.9)
+    own floor). Every coded scheme in ``parms`` (default: each one measured, ``coded_schemes``) is checked on its own.
+    Then the generator's lag, and requests lost or answered twice."""
     checks = []
     for rate in sorted({c.rate for c in cells}):
-        pause_p, pause_e, pause_h = (_find(cells, rate, faulty, s) for s in (parm, equal, hedged))
-        free_p, free_e, free_relay = (_find(cells, rate, "no-fault", s) for s in (parm, equal, relay))
-        free_none = _find(cells, rate, "no-fault", "none")
-        ratios: list[tuple[_Ratio, str]] = []
-        if pause_p and pause_e:
-            ratio = _Ratio("tail gap cut under pauses vs equal resources", pause_e, pause_p, intervals.gap,
-                           intervals.gap, ">= 10x", 10.0, at_least=True)  # fmt: skip
-            ratios.append((ratio, f"{equal} gap {pause_e.gap:.1f} ms / {parm} gap {pause_p.gap:.1f} ms"))
-        if pause_p and free_p:
-            ratio = _Ratio("p99.9 under pauses vs own fault-free p99.9", pause_p, free_p, p999, p999, "<= 1.5", 1.5)
-            ratios.append((ratio, f"{parm} p99.9 {pause_p.p999:.1f} ms with pauses, {free_p.p999:.1f} ms without"))
-        if pause_p and pause_h:
-            cpu_p, cpu_h = pause_p.server_cpu_ms_per_request, pause_h.server_cpu_ms_per_request
-            ratio = _Ratio("p99.9 under pauses vs hedging's", pause_p, pause_h, p999, p999, "<= 1.0", 1.0)
-            detail = (
-                f"{parm} p99.9 {pause_p.p999:.1f} ms, {hedged} {pause_h.p999:.1f} ms (+{pause_h.backups} backups); "
-                f"server CPU per request {cpu_p:.2f} vs {cpu_h:.2f} ms"
-            )
-            ratios.append((ratio, detail))
-        if free_p and free_relay:
-            ratio = _Ratio("orchestrator p50 over the relay, no fault", free_p, free_relay, p50, p50, "<= 1.05", 1.05)
-            ratios.append((ratio, f"{parm} p50 {free_p.p50:.2f} ms, {relay} p50 {free_relay.p50:.2f} ms"))
+        free_relay, free_none = _find(cells, rate, "no-fault", relay), _find(cells, rate, "no-fault", "none")
         if free_relay and free_none:
-            ratio = _Ratio("Python-backend floor: relay p50 over F direct, no fault", free_relay, free_none, p50, p50,
+            ratio = _Ratio("Python-backend floor: relay p50 over F direct, no fault", free_relay, free_none, P50, P50,
                            "reference", None)  # fmt: skip
-            ratios.append((ratio, f"relay p50 {free_relay.p50:.2f} ms (a BLS pass-through to F), F direct p50 "
-                                  f"{free_none.p50:.2f} ms"))  # fmt: skip
-        if free_p and free_e:
-            ratio = _Ratio("p50 vs equal resources, no fault", free_p, free_e, p50, p50, "reference", None)
-            ratios.append((ratio, f"{parm} p50 {free_p.p50:.2f} ms, {equal} p50 {free_e.p50:.2f} ms"))
-        checks += [ratio.check(rate, detail) for ratio, detail in ratios]
+            checks.append(ratio.check(rate, f"relay p50 {free_relay.p50:.2f} ms (a BLS pass-through to F), F direct "
+                                            f"p50 {free_none.p50:.2f} ms"))  # fmt: skip
+        for parm in coded_schemes(cells) if parms is None else parms:
+            checks += _scheme_checks(cells, rate, parm, equal, hedged, relay, faulty)
     checks.append(_lag_check(cells, capacity_share))
     lost = sum(c.lost for c in cells)
     duplicated = sum(c.duplicated for c in cells)
@@ -364,6 +353,37 @@ def check_targets(
         )
     )
     return checks
+
+
+def _scheme_checks(
+    cells: Sequence[CellStats], rate: float, parm: str, equal: str, hedged: str, relay: str, faulty: str
+) -> list[TargetCheck]:
+    """One coded scheme's target ratios at one rate, where the cells they need exist."""
+    pause_p, pause_e, pause_h = (_find(cells, rate, faulty, s) for s in (parm, equal, hedged))
+    free_p, free_e, free_relay = (_find(cells, rate, "no-fault", s) for s in (parm, equal, relay))
+    ratios: list[tuple[_Ratio, str]] = []
+    if pause_p and pause_e:
+        ratio = _Ratio("tail gap cut under pauses vs equal resources", pause_e, pause_p, intervals.gap,
+                       intervals.gap, ">= 10x", 10.0, at_least=True)  # fmt: skip
+        ratios.append((ratio, f"{equal} gap {pause_e.gap:.1f} ms / {parm} gap {pause_p.gap:.1f} ms"))
+    if pause_p and free_p:
+        ratio = _Ratio("p99.9 under pauses vs own fault-free p99.9", pause_p, free_p, P999, P999, "<= 1.5", 1.5)
+        ratios.append((ratio, f"{parm} p99.9 {pause_p.p999:.1f} ms with pauses, {free_p.p999:.1f} ms without"))
+    if pause_p and pause_h:
+        cpu_p, cpu_h = pause_p.server_cpu_ms_per_request, pause_h.server_cpu_ms_per_request
+        ratio = _Ratio("p99.9 under pauses vs hedging's", pause_p, pause_h, P999, P999, "<= 1.0", 1.0)
+        detail = (
+            f"{parm} p99.9 {pause_p.p999:.1f} ms, {hedged} {pause_h.p999:.1f} ms (+{pause_h.backups} backups); "
+            f"server CPU per request {cpu_p:.2f} vs {cpu_h:.2f} ms"
+        )
+        ratios.append((ratio, detail))
+    if free_p and free_relay:
+        ratio = _Ratio("orchestrator p50 over the relay, no fault", free_p, free_relay, P50, P50, "<= 1.05", 1.05)
+        ratios.append((ratio, f"{parm} p50 {free_p.p50:.2f} ms, {relay} p50 {free_relay.p50:.2f} ms"))
+    if free_p and free_e:
+        ratio = _Ratio("p50 vs equal resources, no fault", free_p, free_e, P50, P50, "reference", None)
+        ratios.append((ratio, f"{parm} p50 {free_p.p50:.2f} ms, {equal} p50 {free_e.p50:.2f} ms"))
+    return [ratio.check(rate, detail, parm) for ratio, detail in ratios]
 
 
 def _lag_check(cells: Sequence[CellStats], capacity_share: float) -> TargetCheck:
@@ -460,8 +480,8 @@ def markdown_report(
     cells: Sequence[CellStats], checks: Sequence[TargetCheck], header: Sequence[str], errors: dict[str, int]
 ) -> str:
     lines = ["# Tail latency under real faults", "", *header, "", markdown_table(cells), "## Targets", ""]
-    lines.append("| rate/s | check | value [95% interval] | per round | target | met | detail |")
-    lines.append("|---:|---|---|---|---|---|---|")
+    lines.append("| rate/s | scheme | check | value [95% interval] | per round | target | met | detail |")
+    lines.append("|---:|---|---|---|---|---|---|---|")
     for check in checks:
         rate = "all" if not math.isfinite(check.rate) else f"{check.rate:g}"
         value = f"{check.value:.2f}"
@@ -469,7 +489,8 @@ def markdown_report(
             value += f" [{check.low:.2f}, {check.high:.2f}]"
         rounds = ", ".join(f"{v:.2f}" for v in check.rounds) or "-"
         lines.append(
-            f"| {rate} | {check.name} | {value} | {rounds} | {check.target} | {_met(check.met)} | {check.detail} |"
+            f"| {rate} | {check.scheme or '-'} | {check.name} | {value} | {rounds} | {check.target} | "
+            f"{_met(check.met)} | {check.detail} |"
         )
     lines += [
         "",

@@ -106,6 +106,28 @@ def test_target_checks_compare_parm_with_equal_resources_and_hedging_with_interv
     assert above_floor.met and above_floor.value == pytest.approx(5.2 / 5.1)
 
 
+def test_every_coded_scheme_is_checked_on_its_own() -> None:
+    """A variant of the coded endpoint (``parm-hedged``) gets its own target rows beside the default's, each with
+    its own verdict; the checks of the whole run appear once."""
+
+    def stats(scheme: str, scenario: str, lat: list[float]):
+        return cell_stats(_result(lat), scenario=scenario, scheme=scheme, instances=3, server_requests=len(lat))
+
+    cells = [
+        stats("equal", "pause", [5.0] * 990 + [400.0] * 10),
+        stats("hedged", "pause", [5.0] * 990 + [60.0] * 10),
+        stats("parm-hedged", "pause", [5.2] * 990 + [20.0] * 10),
+        stats("parm-k2", "pause", [5.2] * 990 + [90.0] * 10),
+    ]
+    checks = check_targets(cells)
+    by_scheme = {(c.scheme, c.name): c for c in checks}
+    assert [c.scheme for c in checks if c.name == "p99.9 under pauses vs hedging's"] == ["parm-k2", "parm-hedged"]
+    assert by_scheme["parm-hedged", "p99.9 under pauses vs hedging's"].met
+    assert not by_scheme["parm-k2", "p99.9 under pauses vs hedging's"].met
+    assert [c.name for c in checks].count("requests lost or answered twice (all cells)") == 1
+    assert by_scheme["", "requests lost or answered twice (all cells)"].met
+
+
 def test_a_target_is_met_only_when_its_whole_interval_meets_it() -> None:
     """Three slow requests in 1,000 decide a p99.9: a cut that is large at the point but rests on them is not
     counted as met."""
