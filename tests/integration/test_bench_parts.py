@@ -63,6 +63,11 @@ def _result(latencies_ms: list[float], rebuilt: int = 0, errors: int = 0) -> Run
     return RunResult("m", 100.0, 1.0, time.time(), records)
 
 
+def _cell(scheme: str, scenario: str, lat: list[float]):
+    """One cell of 3 instances whose server counted every request."""
+    return cell_stats(_result(lat), scenario=scenario, scheme=scheme, instances=3, server_requests=len(lat))
+
+
 def test_cell_stats_count_every_request_once() -> None:
     stats = cell_stats(
         _result([5.0] * 98 + [500.0, 900.0], rebuilt=4, errors=2),
@@ -80,17 +85,14 @@ def test_cell_stats_count_every_request_once() -> None:
 
 
 def test_target_checks_compare_parm_with_equal_resources_and_hedging_with_intervals() -> None:
-    def stats(scheme: str, scenario: str, lat: list[float]):
-        return cell_stats(_result(lat), scenario=scenario, scheme=scheme, instances=3, server_requests=len(lat))
-
     cells = [
-        stats("equal", "pause", [5.0] * 990 + [400.0] * 10),
-        stats("hedged", "pause", [5.0] * 990 + [60.0] * 10),
-        stats("parm-k2", "pause", [5.2] * 990 + [20.0] * 10),
-        stats("parm-k2", "no-fault", [5.2] * 990 + [20.0] * 10),
-        stats("equal", "no-fault", [5.0] * 1000),
-        stats("none", "no-fault", [5.0] * 1000),
-        stats("relay", "no-fault", [5.1] * 1000),
+        _cell("equal", "pause", [5.0] * 990 + [400.0] * 10),
+        _cell("hedged", "pause", [5.0] * 990 + [60.0] * 10),
+        _cell("parm-k2", "pause", [5.2] * 990 + [20.0] * 10),
+        _cell("parm-k2", "no-fault", [5.2] * 990 + [20.0] * 10),
+        _cell("equal", "no-fault", [5.0] * 1000),
+        _cell("none", "no-fault", [5.0] * 1000),
+        _cell("relay", "no-fault", [5.1] * 1000),
     ]
     checks = {c.name: c for c in check_targets(cells)}
     gap = checks["tail gap cut under pauses vs equal resources"]
@@ -110,14 +112,11 @@ def test_every_coded_scheme_is_checked_on_its_own() -> None:
     """A variant of the coded endpoint (``parm-hedged``) gets its own target rows beside the default's, each with
     its own verdict; the checks of the whole run appear once."""
 
-    def stats(scheme: str, scenario: str, lat: list[float]):
-        return cell_stats(_result(lat), scenario=scenario, scheme=scheme, instances=3, server_requests=len(lat))
-
     cells = [
-        stats("equal", "pause", [5.0] * 990 + [400.0] * 10),
-        stats("hedged", "pause", [5.0] * 990 + [60.0] * 10),
-        stats("parm-hedged", "pause", [5.2] * 990 + [20.0] * 10),
-        stats("parm-k2", "pause", [5.2] * 990 + [90.0] * 10),
+        _cell("equal", "pause", [5.0] * 990 + [400.0] * 10),
+        _cell("hedged", "pause", [5.0] * 990 + [60.0] * 10),
+        _cell("parm-hedged", "pause", [5.2] * 990 + [20.0] * 10),
+        _cell("parm-k2", "pause", [5.2] * 990 + [90.0] * 10),
     ]
     checks = check_targets(cells)
     by_scheme = {(c.scheme, c.name): c for c in checks}
@@ -132,13 +131,10 @@ def test_a_target_is_met_only_when_its_whole_interval_meets_it() -> None:
     """Three slow requests in 1,000 decide a p99.9: a cut that is large at the point but rests on them is not
     counted as met."""
 
-    def stats(scheme: str, scenario: str, lat: list[float]):
-        return cell_stats(_result(lat), scenario=scenario, scheme=scheme, instances=3, server_requests=len(lat))
-
     rng = np.random.default_rng(0)
     cells = [
-        stats("equal", "pause", [*(5.0 + rng.exponential(3.0, 998)), 300.0, 310.0]),
-        stats("parm-k2", "pause", [*(5.0 + rng.exponential(3.0, 998)), 30.0, 300.0]),
+        _cell("equal", "pause", [*(5.0 + rng.exponential(3.0, 998)), 300.0, 310.0]),
+        _cell("parm-k2", "pause", [*(5.0 + rng.exponential(3.0, 998)), 30.0, 300.0]),
     ]
     gap = {c.name: c for c in check_targets(cells)}["tail gap cut under pauses vs equal resources"]
     assert gap.low < 10 < gap.high and not gap.met
