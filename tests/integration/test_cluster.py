@@ -128,7 +128,11 @@ def metrics(url: str) -> dict[tuple[str, frozenset], float]:
 
 def worker_metric(cluster: LocalCluster, name: str, server: str) -> float | None:
     address = cluster[server].grpc_url
-    for (metric, labels), value in metrics(cluster.gateway.metrics_url).items():
+    try:
+        samples = metrics(cluster.gateway.metrics_url)
+    except OSError:  # Triton opens its metrics port tens of ms after it reports ready: not known yet
+        return None
+    for (metric, labels), value in samples.items():
         if metric == name and ("worker", address) in labels:
             return value
     return None
