@@ -503,7 +503,7 @@ class TritonServer:
                     f"tritonserver exited with code {returncode} before it was ready "
                     f"(model repository {self.model_repository}); {_diagnosis(log_path)}"
                 )
-            if self.is_ready():
+            if self.is_ready() and self._metrics_listening():
                 return
             if time.monotonic() > deadline:
                 raise ServerError(
@@ -521,6 +521,15 @@ class TritonServer:
             with _URL_OPENER.open(f"{self.http_url}/v2/health/ready", timeout=1.0) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
+            return False
+
+    def _metrics_listening(self) -> bool:
+        """Whether the metrics port accepts connections: Triton opens it tens of ms after it reports ready, and a
+        scrape in between is refused."""
+        try:
+            with socket.create_connection((self._client_host, self.metrics_port), timeout=1.0):
+                return True
+        except OSError:
             return False
 
     def stop(self) -> None:

@@ -128,11 +128,7 @@ def metrics(url: str) -> dict[tuple[str, frozenset], float]:
 
 def worker_metric(cluster: LocalCluster, name: str, server: str) -> float | None:
     address = cluster[server].grpc_url
-    try:
-        samples = metrics(cluster.gateway.metrics_url)
-    except OSError:  # Triton opens its metrics port tens of ms after it reports ready: not known yet
-        return None
-    for (metric, labels), value in samples.items():
+    for (metric, labels), value in metrics(cluster.gateway.metrics_url).items():
         if metric == name and ("worker", address) in labels:
             return value
     return None
