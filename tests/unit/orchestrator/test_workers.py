@@ -23,7 +23,7 @@ from parm.backend.orchestrator.workers import (
     resolve,
 )
 
-from .helpers import Harness, LinearF, SubtractionDecoder, SumEncoder, make_dispatcher, run_checked
+from .helpers import Harness, LinearF, SubtractionDecoder, SumEncoder, linear_f, make_dispatcher, run_checked
 
 
 def test_an_ejection_lasts_a_cooldown_that_doubles_while_ejections_repeat_and_is_capped() -> None:
@@ -288,6 +288,28 @@ def test_a_late_member_is_hedged_when_it_turns_late_instead_of_spending_parity_w
         else:
             assert answer.source is AnswerSource.REBUILT and stats.hedges == 0
             assert stats.parities[ParityReason.BUDGET] == 1
+        stuck.paused.set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run_checked(scenario())
+
+
+def test_a_late_member_whose_hedge_fails_gets_its_parity_from_the_budget() -> None:
+    """A failed hedge leaves the late member to the budget's parity, as without hedging: no later answers may come
+    to make it a straggler."""
+
+    async def scenario() -> None:
+        h, stuck, healthy, _ = _two_worker_harness(
+            hedge_below_load=5.0, decode_after_ms=30.0, straggler_overtakes=100, parity_budget=1.0
+        )
+        first, second = h.submit(0.1), h.submit(0.2)
+        healthy.fail.add(0.1)  # the hedge lands on the healthy worker, and fails there
+        assert (await h.answer(second)).source is AnswerSource.ORIGINAL
+        answer = await h.answer(first, timeout=0.5)
+        assert answer.source is AnswerSource.REBUILT
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[first]["x"]), rtol=1e-4, atol=1e-4)
+        assert h.dispatcher.stats.hedges == 1 and h.dispatcher.stats.parities[ParityReason.BUDGET] == 1
         stuck.paused.set()
         await h.settle()
         h.assert_exactly_once()

@@ -361,13 +361,14 @@ class CodedDispatcher:
     def _hedge_late(self, late: list[Member]) -> bool:
         """Hedges every late member while the workers have spare capacity: at low load a second F call answers a
         member stuck on a slow worker at F's own latency, while a straggler is only known after later answers
-        overtake it, which at a few requests a second takes longer than F. True when every one is hedged."""
+        overtake it, which at a few requests a second takes longer than F. True when every one has a hedge that has
+        not failed."""
         for member in late:
             self._maybe_hedge(member)
-        return all(member.hedged for member in late)
+        return all(member.hedged and not member.hedge_failed for member in late)
 
     def _maybe_hedge(self, member: Member) -> None:
-        """Sends a straggler's query to a second F worker too while the workers have spare capacity
+        """Sends a late member's query to a second F worker too while the workers have spare capacity
         (``hedge_below_load``): the first of F's answers and the rebuild wins, and a hedge's answer also completes
         the group for its other members' rebuilds."""
         threshold = self._config.hedge_below_load
@@ -390,7 +391,10 @@ class CodedDispatcher:
         try:
             outputs, won = await self._call_f(member, worker)
         except TargetError:
-            return  # the rebuild and the first call are still racing
+            member.hedge_failed = True  # the first call and, within the budget, a rebuild are still racing
+            if group is not None:
+                self._parity_if_still_needed(group)
+            return
         if won:
             self.stats.hedges_won += 1
             self._settle(member)

@@ -102,6 +102,8 @@ class Member:
     """Where its F call runs."""
     hedged: bool = False
     """Its query was also sent to a second F worker (``hedge_below_load``)."""
+    hedge_failed: bool = False
+    """That second call failed: the member's rebuild no longer waits on it."""
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
