@@ -106,6 +106,33 @@ def test_with_budget_to_spare_a_late_member_is_rebuilt_as_soon_as_it_is_late():
     run_checked(scenario())
 
 
+def test_a_late_member_gets_its_parity_while_a_later_partner_is_still_on_time():
+    """The partner arrived later and its F call is out but not late: the parity starts when the stuck member turns
+    late, not after the partner answers, so the rebuild waits for the longer of the two, not for both in turn."""
+
+    async def scenario():
+        h = _harness(decode_after_ms=30.0, fill_timeout_ms=50.0)
+        stuck_gate = h.f.hold[0.1] = asyncio.Event()
+        partner_gate = h.f.hold[0.2] = asyncio.Event()
+        stuck = h.submit(0.1)
+        await asyncio.sleep(0.02)
+        partner = h.submit(0.2)
+        await asyncio.sleep(0.02)  # the stuck member is late, its partner (20 ms younger) not yet
+        assert h.parity.calls == 1, "the parity started while the partner's F call was still out"
+        assert h.dispatcher.stats.parities[ParityReason.BUDGET] == 1 and h.dispatcher.stats.parities_withheld == 0
+        assert not h.replies[stuck], "no rebuild before the partner's answer"
+        partner_gate.set()
+        assert (await h.answer(partner)).source is AnswerSource.ORIGINAL
+        answer = await h.answer(stuck)
+        assert answer.source is AnswerSource.REBUILT
+        np.testing.assert_allclose(answer.outputs["y"], linear_f(h.queries[stuck]["x"]), rtol=1e-5, atol=1e-5)
+        stuck_gate.set()
+        await h.settle()
+        h.assert_exactly_once()
+
+    run_checked(scenario())
+
+
 def test_a_straggler_is_rebuilt_long_before_an_inflated_decode_wait():
     """After a burst, F's latency quantile (the decode wait) is large; a call overtaken by later answers is known
     stuck, and is rebuilt without waiting for it. Its lone group is closed with a filler at once."""
