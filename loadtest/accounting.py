@@ -1,5 +1,5 @@
 """What the server and the machine say about a run, read around it: the server's request counts, the coded
-endpoint's parity counters, and CPU seconds per process."""
+endpoint's own counters (parities, rebuild phases), and CPU seconds per process."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 
 from parm.backend.orchestrator.groups import ParityReason
 from parm.backend.orchestrator.metrics import FLUSH_PERIOD_S
+from parm.backend.orchestrator.stats import REBUILD_PHASES
 
 from . import prometheus
 
@@ -44,9 +45,22 @@ def server_request_count(grpc_url: str, model: str) -> int | None:
         return None
 
 
-def parity_counts(metrics_url: str, model: str) -> dict[str, float]:
-    """The coded endpoint's parities so far, by reason, and the groups whose parity was withheld, once its last
-    counts were flushed (it flushes every ``FLUSH_PERIOD_S``; the wait is outside the measured load)."""
+WITHHELD = "withheld"
+PARITY_COLUMNS = (*(reason.value for reason in ParityReason), WITHHELD)
+"""``coded_counters`` keys of parities by reason, and of groups whose parity was withheld."""
+REBUILDS = "rebuilds"
+"""``coded_counters`` key: rebuilt answers whose phases were observed."""
+
+
+def rebuild_key(phase: str) -> str:
+    """``coded_counters`` key of a rebuild phase's seconds, summed over rebuilt answers."""
+    return f"rebuild {phase} s"
+
+
+def coded_counters(metrics_url: str, model: str) -> dict[str, float]:
+    """The coded endpoint's own counters so far: parities by reason, groups whose parity was withheld
+    (``WITHHELD``), rebuilt answers (``REBUILDS``) and the seconds of each rebuild phase (``rebuild_key``), once
+    its last counts were flushed (it flushes every ``FLUSH_PERIOD_S``; the wait is outside the measured load)."""
     time.sleep(FLUSH_PERIOD_S + 0.2)
     try:
         samples = prometheus.scrape(metrics_url)
@@ -57,7 +71,13 @@ def parity_counts(metrics_url: str, model: str) -> dict[str, float]:
         reason.value: prometheus.metric_sum(samples, "parm_parities_total", model=model, reason=reason.value)
         for reason in ParityReason
     }
-    counts["withheld"] = prometheus.metric_sum(samples, "parm_parities_withheld_total", model=model)
+    counts[WITHHELD] = prometheus.metric_sum(samples, "parm_parities_withheld_total", model=model)
+    phase = REBUILD_PHASES[0]
+    counts[REBUILDS] = prometheus.metric_sum(samples, "parm_rebuild_phase_seconds_count", model=model, phase=phase)
+    for phase in REBUILD_PHASES:
+        counts[rebuild_key(phase)] = prometheus.metric_sum(
+            samples, "parm_rebuild_phase_seconds_sum", model=model, phase=phase
+        )
     return counts
 
 

@@ -36,7 +36,7 @@ from parm.progress import Progress
 from parm.server import TritonServer
 
 from . import faults
-from .accounting import cpu_snapshot, parity_counts, server_request_count
+from .accounting import coded_counters, cpu_snapshot, server_request_count
 from .benchoutputs import BenchOutcome, write_outputs
 from .benchrepo import BenchRepository, ensure_bench_repository, f_predictions
 from .cells import Cell, Slice, merge_parts, plan_cells, plan_slices, scenario_window
@@ -140,7 +140,7 @@ class Bench:
         warmup = config.warmup_s if piece.round == 0 else min(0.5, config.warmup_s)
         if warmup > 0:
             await self._load(scheme, cell.rate, 0.0, warmup, seed + 7919 + piece.round, hedge)
-        parities_before = parity_counts(server.metrics_url, scheme.model) if scheme.kind is SchemeKind.PARM else {}
+        counters_before = coded_counters(server.metrics_url, scheme.model) if scheme.kind is SchemeKind.PARM else {}
         before = server_request_count(server.grpc_url, scheme.model)
         cpu_before, cpu_started = cpu_snapshot(server.pid), time.monotonic()
         runner = FaultRunner(scenario_window(cell.scenario, piece.start_s, piece.end_s), server.pid, scheme.fault_model)
@@ -155,9 +155,9 @@ class Bench:
         for key, value in cpu_after.items():
             cell.cpu_s[key] = cell.cpu_s.get(key, 0.0) + value - cpu_before.get(key, 0.0)
         after = server_request_count(server.grpc_url, scheme.model)
-        if parities_before:
-            for key, value in parity_counts(server.metrics_url, scheme.model).items():
-                cell.parities[key] = cell.parities.get(key, 0.0) + value - parities_before.get(key, 0.0)
+        if counters_before:
+            for key, value in coded_counters(server.metrics_url, scheme.model).items():
+                cell.coded_counters[key] = cell.coded_counters.get(key, 0.0) + value - counters_before.get(key, 0.0)
         cell.parts.append((piece.start_s, result))
         cell.fault_log += log
         cell.fault_offsets += [piece.start_s] * len(log)
@@ -186,7 +186,7 @@ class Bench:
             cpu_wall_s=cell.cpu_wall_s,
             cpus=os.cpu_count(),
             rounds=[part for _, part in cell.parts],
-            parities=cell.parities,
+            coded_counters=cell.coded_counters,
         )
         return cell.stats
 

@@ -47,8 +47,8 @@ class Cell:
     cpu_s: dict[str, float] = field(default_factory=dict)
     """CPU seconds per component (``cpu_snapshot``) used during the cell's slices, over ``cpu_wall_s`` seconds."""
     cpu_wall_s: float = 0.0
-    parities: dict[str, float] = field(default_factory=dict)
-    """A coded scheme's parities by reason (and ``withheld``) during the cell, from the endpoint's own metrics."""
+    coded_counters: dict[str, float] = field(default_factory=dict)
+    """A coded scheme's own counters during the cell (``accounting.coded_counters``)."""
     result: RunResult | None = None
     stats: CellStats | None = None
 

@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from parm.backend.orchestrator.stats import REBUILD_PHASES
+
 from . import intervals
+from .accounting import PARITY_COLUMNS, REBUILDS, rebuild_key
 from .openloop import RunResult
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
@@ -89,6 +92,9 @@ class CellStats:
     parities: dict[str, float] = field(default_factory=dict)
     """A coded scheme's parity computations by reason (``parm_parities_total``) and groups whose parity was
     withheld, from the endpoint's own metrics."""
+    rebuild_phases_ms: dict[str, float] = field(default_factory=dict)
+    """A coded scheme's mean milliseconds per rebuilt answer in each rebuild phase (``parm_rebuild_phase_seconds``),
+    and how many rebuilt answers (``rebuilds``) they average over."""
     cpu_utilization: float | None = None
     """Share of the machine's CPUs that the server, its instances and the generator kept busy during the cell."""
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -133,7 +139,7 @@ def cell_stats(
     cpu_wall_s: float = 0.0,
     cpus: int | None = None,
     rounds: Sequence[RunResult] = (),
-    parities: dict[str, float] | None = None,
+    coded_counters: dict[str, float] | None = None,
 ) -> CellStats:
     """``result``: the whole cell; ``rounds``: its interleaved slices, for the per-round spread of the ratios."""
     records = result.records
@@ -195,11 +201,24 @@ def cell_stats(
             for key, value in sorted((cpu_s or {}).items())
             if value > 0 and key != "machine busy"
         },
-        parities=dict(parities or {}),
+        parities=_parities(coded_counters or {}),
+        rebuild_phases_ms=_rebuild_phases_ms(coded_counters or {}),
         cpu_utilization=_utilization(cpu_s, cpu_wall_s, cpus),
         latencies_ms=latencies,
         round_latencies_ms=[_latencies_ms(part) for part in rounds],
     )
+
+
+def _parities(counters: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in counters.items() if key in PARITY_COLUMNS}
+
+
+def _rebuild_phases_ms(counters: dict[str, float]) -> dict[str, float]:
+    rebuilds = counters.get(REBUILDS, 0.0)
+    if rebuilds <= 0:
+        return {}
+    means = {phase: 1000 * counters.get(rebuild_key(phase), 0.0) / rebuilds for phase in REBUILD_PHASES}
+    return {**means, REBUILDS: rebuilds}
 
 
 def _latencies_ms(result: RunResult) -> np.ndarray:
@@ -476,6 +495,25 @@ def parity_table(cells: Sequence[CellStats]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rebuild_phase_table(cells: Sequence[CellStats]) -> str:
+    """Mean milliseconds per rebuilt answer in each rebuild phase, one row per coded cell that rebuilt any."""
+    chosen = [c for c in cells if c.rebuild_phases_ms]
+    if not chosen:
+        return ""
+    lines = [
+        "| rate/s | scenario | scheme | rebuilt answers | " + " | ".join(REBUILD_PHASES) + " | total |",
+        "|---:|---|---|---:|" + "---:|" * (len(REBUILD_PHASES) + 1),
+    ]
+    for c in chosen:
+        phases = [c.rebuild_phases_ms[phase] for phase in REBUILD_PHASES]
+        values = " | ".join(f"{ms:.1f}" for ms in phases)
+        lines.append(
+            f"| {c.rate:g} | {c.scenario} | {c.scheme} | {c.rebuild_phases_ms[REBUILDS]:.0f} | {values} | "
+            f"{sum(phases):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown_report(
     cells: Sequence[CellStats], checks: Sequence[TargetCheck], header: Sequence[str], errors: dict[str, int]
 ) -> str:
@@ -519,6 +557,18 @@ def markdown_report(
             "budget: late, within the parity budget; withheld: late, but neither (no parity).",
             "",
             parity,
+        ]
+    phases = rebuild_phase_table(cells)
+    if phases:
+        lines += [
+            "",
+            "## Where a rebuilt answer's time went (mean ms per rebuilt answer, the coded endpoint's own metrics)",
+            "",
+            "wait: from the request's arrival at the endpoint until its group's parity was sent; parity: until the "
+            "parity output arrived; complete: until the rebuilt answer was sent (the other members' F answers, the "
+            "decode). The client also sees the hops into and out of the endpoint.",
+            "",
+            phases,
         ]
     if errors:
         lines += ["", "## Errors", "", "| count | error |", "|---:|---|"]

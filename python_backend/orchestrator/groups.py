@@ -178,6 +178,10 @@ class CodingGroup:
     (``budget``); counted once per group."""
     domains: set[str] = field(default_factory=set)
     """The workers its members' F calls went to: its parity goes elsewhere when it can."""
+    parity_sent_at: float | None = None
+    """Loop time its parity computation started (``DispatcherStats.record_rebuild``)."""
+    parity_arrived_at: float | None = None
+    """Loop time its latest parity output arrived."""
 
     def __post_init__(self) -> None:
         self.parity_outputs = [None] * self.r

@@ -9,6 +9,12 @@ import numpy as np
 
 from .groups import AnswerSource, ParityReason, Tensors
 
+REBUILD_PHASES = ("wait", "parity", "complete")
+"""Where a rebuilt answer's time went, in order: ``wait``, from the request's arrival until its group's parity was
+sent (``decode_after``, the budget, the straggler rule); ``parity``, until the parity output that allowed the
+rebuild arrived (encoding and the parity model's call, queueing included); ``complete``, until the rebuilt answer
+was sent (the other members' F answers it needed, and the decode)."""
+
 
 @dataclass
 class DispatcherStats:
@@ -46,6 +52,8 @@ class DispatcherStats:
     fidelity_relative_error_sum: float = 0.0
     encode_seconds: list[float] = field(default_factory=list)
     decode_seconds: list[float] = field(default_factory=list)
+    rebuild_phases: list[tuple[float, ...]] = field(default_factory=list)
+    """Seconds per ``REBUILD_PHASES`` phase of each rebuilt answer since the exporter last drained them."""
     _answers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_answer(self, source: AnswerSource) -> None:
@@ -57,6 +65,15 @@ class DispatcherStats:
         encode, decode = self.encode_seconds, self.decode_seconds
         self.encode_seconds, self.decode_seconds = [], []
         return encode, decode
+
+    def record_rebuild(self, arrival: float, parity_sent: float, parity_arrived: float, answered: float) -> None:
+        """One rebuilt answer's ``REBUILD_PHASES``, from loop times."""
+        self.rebuild_phases.append((parity_sent - arrival, parity_arrived - parity_sent, answered - parity_arrived))
+
+    def drain_rebuild_phases(self) -> list[tuple[float, ...]]:
+        """The rebuild phases recorded since the last call (the metrics exporter observes them)."""
+        phases, self.rebuild_phases = self.rebuild_phases, []
+        return phases
 
     def record_fidelity(self, rebuilt: Tensors, original: Tensors) -> None:
         """Compares a rebuilt answer with F's own, which arrived late: the live accuracy of the code."""

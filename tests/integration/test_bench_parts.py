@@ -16,8 +16,9 @@ import pytest
 
 from parm.errors import FaultError
 from parm.loadtest import faults
+from parm.loadtest.accounting import REBUILDS, rebuild_key
 from parm.loadtest.openloop import RequestRecord, RunResult, poisson_arrivals
-from parm.loadtest.report import cell_stats, check_targets
+from parm.loadtest.report import cell_stats, check_targets, rebuild_phase_table
 from parm.loadtest.scenarios import FaultKind, kill_scenario, pause_scenario, starve_scenario
 
 
@@ -82,6 +83,17 @@ def test_cell_stats_count_every_request_once() -> None:
     assert stats.rebuilt == 4 and stats.rebuilt_agree_with_f == 1.0
     assert stats.error_kinds == {"boom #": 2}
     assert stats.slow == 2
+
+
+def test_the_coded_endpoints_counters_give_parities_per_reason_and_mean_rebuild_phases() -> None:
+    counters = {"budget": 3.0, "straggler": 1.0, "withheld": 2.0, REBUILDS: 4.0}
+    counters.update({rebuild_key("wait"): 0.060, rebuild_key("parity"): 0.040, rebuild_key("complete"): 0.004})
+    stats = cell_stats(_result([5.0] * 100), scenario="pause", scheme="parm-k2", instances=3, coded_counters=counters)
+    assert stats.parities == {"budget": 3.0, "straggler": 1.0, "withheld": 2.0}
+    assert stats.rebuild_phases_ms == pytest.approx({"wait": 15.0, "parity": 10.0, "complete": 1.0, REBUILDS: 4.0})
+    table = rebuild_phase_table([stats, _cell("equal", "pause", [5.0] * 100)])
+    assert table.splitlines()[-1] == "| 100 | pause | parm-k2 | 4 | 15.0 | 10.0 | 1.0 | 26.0 |"
+    assert len(table.splitlines()) == 3, "only cells that rebuilt get a row"
 
 
 def test_target_checks_compare_parm_with_equal_resources_and_hedging_with_intervals() -> None:

@@ -104,6 +104,12 @@ def test_bench_smoke_run_writes_consistent_reports_and_undoes_every_fault(bench_
     assert relay["low"] <= relay["value"] <= relay["high"] and relay["rounds"], relay
     assert "generator lag (max ms) in cells below 70% CPU" in targets, targets
     assert any(c["parities"] for c in cells if c["scheme"].startswith("parm")), "coded cells count their parities"
+    rebuilding = [c for c in cells if c["scheme"].startswith("parm") and c["rebuilt"]]
+    assert rebuilding, "a coded cell rebuilt answers"
+    for c in rebuilding:  # the endpoint timed each phase of its rebuilt answers
+        phases = c["rebuild_phases_ms"]
+        assert phases["rebuilds"] >= 1 and all(phases[p] >= 0 for p in ("wait", "parity", "complete")), c
+    assert "## Where a rebuilt answer's time went" in (out / "summary.md").read_text()
     profile = summary["profile"]  # an extra unmeasured run: no measured cell is slowed by the profiler
     assert profile is not None and ("summary" in profile or "error" in profile), profile
     if "summary" in profile:

@@ -79,5 +79,8 @@ def test_metrics_count_requests_answers_groups_and_rebuilds(start_server):
     assert groups_with_parity >= rebuilt
     assert value(final, "parm_decode_seconds_count") >= rebuilt
     assert rebuilt <= value(final, "parm_encode_seconds_count") <= groups_with_parity
+    for phase in ("wait", "parity", "complete"):  # each rebuilt answer's time, phase by phase
+        assert value(final, "parm_rebuild_phase_seconds_count", phase=phase) == rebuilt, phase
+        assert value(final, "parm_rebuild_phase_seconds_sum", phase=phase) >= 0, phase
     assert value(final, "parm_in_flight_requests") == 0
     assert np.isfinite(value(final, "parm_fidelity_relative_error_sum"))

@@ -69,3 +69,20 @@ def test_counters_are_pushed_as_deltas_and_unchanged_gauges_cost_nothing() -> No
     factory.calls.clear()
     exporter.flush(stats, in_flight=0, in_flight_groups=1, open_groups=0)
     assert factory.calls == [("set", _key("parm_in_flight_requests"), 0)]
+
+
+def test_each_rebuilt_answer_is_observed_once_per_phase() -> None:
+    factory = RecordingFactory()
+    exporter = MetricsExporter(factory, {"model": "m"})
+    stats = DispatcherStats()
+    stats.record_rebuild(arrival=1.000, parity_sent=1.015, parity_arrived=1.025, answered=1.026)
+    exporter.flush(stats, in_flight=0, in_flight_groups=0, open_groups=0)
+    observed = {call[1]: call[2] for call in factory.calls if call[0] == "observe"}
+    expected = {"wait": 0.015, "parity": 0.010, "complete": 0.001}
+    assert set(observed) == {_key("parm_rebuild_phase_seconds", phase=phase) for phase in expected}
+    for phase, seconds in expected.items():
+        assert abs(observed[_key("parm_rebuild_phase_seconds", phase=phase)] - seconds) < 1e-9
+
+    factory.calls.clear()
+    exporter.flush(stats, in_flight=0, in_flight_groups=0, open_groups=0)
+    assert not factory.calls, "a phase is observed once"

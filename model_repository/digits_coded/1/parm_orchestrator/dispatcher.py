@@ -421,6 +421,7 @@ class CodedDispatcher:
             self._go_without_parity(group, reason)
             return
         group.move(GroupState.PARITY_SENT)
+        group.parity_sent_at = self._loop.time()
         self.stats.parities[why] += 1
         real = len(group.members)
         self.stats.group_members_real += real
@@ -565,6 +566,7 @@ class CodedDispatcher:
         finally:
             pool.finished(worker, answered_in, self._loop.time())
         group.parity_outputs[index] = outputs
+        group.parity_arrived_at = self._loop.time()
         self._try_decode(group)
 
     def _time_left(self, group: CodingGroup) -> float:
@@ -609,7 +611,10 @@ class CodedDispatcher:
             member = slot.member
             if member is None or member.answered or not decode_allowed(now, member, slot):
                 continue
-            self._answer(member, Answer(AnswerSource.REBUILT, {name: decoded[name][slot.index] for name in decoded}))
+            outputs = {name: decoded[name][slot.index] for name in decoded}
+            if self._answer(member, Answer(AnswerSource.REBUILT, outputs)):
+                assert group.parity_sent_at is not None and group.parity_arrived_at is not None  # a parity arrived
+                self.stats.record_rebuild(member.arrival, group.parity_sent_at, group.parity_arrived_at, now)
         self._try_decode(group)
 
     def _fail_unrecoverable(self, group: CodingGroup) -> None:

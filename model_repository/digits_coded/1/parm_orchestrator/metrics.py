@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .groups import AnswerSource, ParityReason
-from .stats import DispatcherStats
+from .stats import REBUILD_PHASES, DispatcherStats
 from .workers import Worker
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+REBUILD_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Finer than ``DURATION_BUCKETS`` where a rebuild's phases fall (a few to a few tens of milliseconds)."""
 FLUSH_PERIOD_S = 2.0
 """How often the adapter flushes. In Triton 2.51 a gauge's ``set()`` is a synchronous round trip to the server that
 holds the GIL and occupies the server thread that also carries BLS calls and responses, so flushes are rare (a
@@ -207,6 +209,18 @@ class MetricsExporter:
             "parm_decode_seconds", "Time to decode a group's missing answers", labels, DURATION_BUCKETS
         )
 
+        self._rebuild_phases = [
+            factory.histogram(
+                "parm_rebuild_phase_seconds",
+                "Where each rebuilt answer's time went: wait (arrival until its group's parity was sent), parity "
+                "(until the parity output that allowed the rebuild arrived), complete (until the rebuilt answer was "
+                "sent: the other members' F answers and the decode)",
+                {**labels, "phase": phase},
+                REBUILD_BUCKETS,
+            )
+            for phase in REBUILD_PHASES
+        ]
+
     def flush(self, stats: DispatcherStats, in_flight: int, in_flight_groups: int, open_groups: int) -> None:
         for index, (spec, counter) in enumerate(self._counters):
             value = float(spec.read(stats))
@@ -224,6 +238,9 @@ class MetricsExporter:
             self._encode.observe(seconds)
         for seconds in decode:
             self._decode.observe(seconds)
+        for phases in stats.drain_rebuild_phases():
+            for histogram, seconds in zip(self._rebuild_phases, phases, strict=True):
+                histogram.observe(max(0.0, seconds))
 
     def flush_workers(self, workers: Sequence[Worker]) -> None:
         """Per-worker metrics of a gateway: up, ejections, calls in flight and call latency, labelled by the worker's
